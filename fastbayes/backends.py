@@ -1,0 +1,144 @@
+"""Which backends exist, why the others don't, and which one an op call uses.
+
+Backends:
+  ``reference``  pure PyTorch (fastbayes.reference), any device; the oracle and the fallback.
+  ``cpu``        the compiled C++/OpenMP extension ``fastbayes._C`` on CPU tensors.
+  ``cuda``       the same extension built with CUDA, on CUDA tensors.
+  ``triton``     Triton kernels (fastbayes.kernels) on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1``
+                 was set before fastbayes was imported (that is how CI runs them).
+
+Default order per device: CUDA tensors -> cuda, triton, reference; CPU tensors -> cpu, reference.  ``use(name)`` or
+``FASTBAYES_BACKEND=name`` forces one backend; forcing one that cannot run the tensors at hand raises.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import importlib.util
+import os
+
+import torch
+
+NAMES = ("reference", "cpu", "triton", "cuda")
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastbayes_backend", default=None)
+
+
+@functools.lru_cache(None)
+def _probe() -> dict[str, str | None]:
+    """name -> None if usable, else the reason it is not."""
+    why: dict[str, str | None] = {"reference": None}
+    try:
+        from . import _C  # noqa: F401
+        why["cpu"] = None
+        has_cuda = bool(_C.has_cuda())
+    except Exception as e:  # ImportError, or an ABI mismatch surfacing as OSError
+        why["cpu"] = f"compiled extension fastbayes._C not importable ({type(e).__name__}: {e}); " \
+                     "build it with `pip install --no-build-isolation -e .`"
+        has_cuda = False
+    if not has_cuda:
+        why["cuda"] = why["cpu"] or "fastbayes._C was built without CUDA (torch has no CUDA or nvcc was not found)"
+    elif not torch.cuda.is_available():
+        why["cuda"] = "built with CUDA, but no CUDA device is visible"
+    else:
+        why["cuda"] = None
+    why["triton"] = _triton_why()
+    return why
+
+
+def triton_mode() -> str:
+    """'gpu' | 'interpreter' | 'unavailable'."""
+    if importlib.util.find_spec("triton") is None:
+        return "unavailable"
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return "interpreter"
+    if not torch.cuda.is_available():
+        return "unavailable"
+    try:
+        from triton.runtime import driver
+        driver.active.get_current_target()
+        return "gpu"
+    except Exception:
+        return "unavailable"
+
+
+def _triton_why() -> str | None:
+    mode = triton_mode()
+    if mode == "unavailable":
+        if importlib.util.find_spec("triton") is None:
+            return "triton is not installed (pip install triton)"
+        return "no GPU visible to Triton; set TRITON_INTERPRET=1 before importing fastbayes to run it on CPU"
+    try:
+        from . import kernels  # noqa: F401
+    except Exception as e:
+        return f"fastbayes.kernels failed to import ({type(e).__name__}: {e})"
+    return None
+
+
+def available() -> dict[str, bool]:
+    """{"reference": True, "cpu": bool, "triton": bool, "cuda": bool}."""
+    return {name: _probe()[name] is None for name in NAMES}
+
+
+def why_not() -> dict[str, str]:
+    """{name: reason} for each unavailable backend."""
+    return {name: why for name, why in _probe().items() if why is not None}
+
+
+def _check_name(name: str) -> str:
+    if name not in NAMES:
+        raise ValueError(f"backend must be one of {NAMES}, got {name!r}")
+    return name
+
+
+@contextlib.contextmanager
+def use(name: str):
+    """Force backend ``name`` for op calls inside the block (thread- and task-local)."""
+    token = _forced.set(_check_name(name))
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def forced() -> str | None:
+    """The backend forced by ``use()`` or else by ``FASTBAYES_BACKEND``; None for automatic choice."""
+    name = _forced.get()
+    if name is None:
+        env = os.environ.get("FASTBAYES_BACKEND")
+        name = _check_name(env) if env else None
+    return name
+
+
+def supports(name: str, device: torch.device) -> bool:
+    if not available()[name]:
+        return False
+    if name == "reference":
+        return True
+    if name == "cpu":
+        return device.type == "cpu"
+    if name == "cuda":
+        return device.type == "cuda"
+    return device.type == ("cuda" if triton_mode() == "gpu" else "cpu")
+
+
+def select(device: torch.device, implemented=NAMES) -> str:
+    """The backend an op with implementations ``implemented`` runs on for tensors on ``device``."""
+    name = forced()
+    if name is not None:
+        if name not in implemented:
+            raise RuntimeError(f"backend {name!r} does not implement this op (it has {tuple(implemented)})")
+        if not supports(name, device):
+            reason = why_not().get(name) or f"it cannot run {device.type} tensors"
+            raise RuntimeError(f"backend {name!r} was forced but is unusable here: {reason}")
+        return name
+    order = ("cuda", "triton", "reference") if device.type == "cuda" else ("cpu", "reference")
+    for cand in order:
+        if cand in implemented and supports(cand, device):
+            return cand
+    return "reference"
+
+
+def default(device: str | torch.device = "cpu") -> str:
+    """The backend automatic dispatch would pick for ``device``."""
+    return select(torch.device(device))

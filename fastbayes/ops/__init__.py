@@ -1,0 +1,6 @@
+"""Autograd-aware fused ops; each dispatches to the best backend for its tensors (see ``fastbayes.backends``)."""
+from .gate_stats import gate_stats
+from .lognormal import lognormal_noise
+from .philox import philox_uniform
+
+__all__ = ["gate_stats", "lognormal_noise", "philox_uniform"]
