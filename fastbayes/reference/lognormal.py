@@ -6,15 +6,17 @@ Everything a kernel must reproduce is spelled out here:
   after.  The uniform for a θ draw is ``philox_uniform(seed, offset + k)`` with
   ``k = c`` (granularity "batch"), ``k = n·C + c`` ("sample") or ``k`` = the row-major element index ("element").
 * **Per-unit prologue** (float64, then cast to the math dtype): σ = exp(log σ), α = (a-μ)/σ, β = (b-μ)/σ.  The draw
-  works on the side of the interval where both normal CDFs are small: ``mirror = α + β > 0``.
-  Not mirrored: γ = Φ(β)·[u + (1-u)·r], r = Φ(α)/Φ(β), ε = Φ⁻¹(γ).
-  Mirrored:     1-γ = Φ(-α)·[(1-u) + u·r], r = Φ(-β)/Φ(-α), ε = -Φ⁻¹(1-γ).
-  So with v = u (or 1-u), L = log Φ(far end) and s = ±1:  ε = s · ndtri_log(L + log(v + (1-v)·r)).
-  Both forms are the same ε in exact arithmetic; neither ever forms a probability that rounds to 0 or 1.
+  works on the side of the interval where both normal CDFs are small: mirrored (s = -1) when α + β > 0, else s = +1.
+  In canonical coordinates (α', β') = (α, β) if s = 1 else (-β, -α), with v = u (or 1 - u when mirrored):
+  γ' = Φ(β')·w, w = v + (1-v)·r, r = Φ(α')/Φ(β'), L = log Φ(β'), and ε = s · ndtri_log(L + log w).
+  This is exactly ε = Φ⁻¹((1-u)Φ(α) + uΦ(β)), but no probability is ever formed that rounds to 0 or 1.
 * **Per element** (float32 unless x is float64): x_s = clamp(μ + σ ε, a, b), θ = exp(x_s), y = x · θ · mask.
-* **Backward** regenerates u.  With u held fixed (METHODS.md §0.3, the clamp treated as identity):
-  ∂x_s/∂μ = 1 - [(1-u)φ(α) + uφ(β)]/φ(ε),  ∂x_s/∂σ = ε - [(1-u)αφ(α) + uβφ(β)]/φ(ε),
-  with the ratios formed as exp(log(1-u) - (α-ε)(α+ε)/2) so that nothing overflows.
+* **Backward** regenerates u.  With u held fixed (METHODS.md §0.3, the clamp treated as identity), in canonical
+  coordinates (ε' = s·ε), with ra = (1-v)φ(α')/φ(ε') and rb = v·φ(β')/φ(ε'):
+  ∂x_s/∂μ = 1 - ra - rb,  ∂x_s/∂σ = s·(ε' - α'·ra - β'·rb).
+  The ratios are formed as exp(log v - (β'-ε')(β'+ε')/2), except in the far tail β' < -FAR_TAIL where float32 cannot
+  resolve β' - ε': there φ(β')/φ(ε') = (Φ(β')/Φ(ε'))·R(-ε')/R(-β') = R(-ε')/(w·R(-β')) with the Mills ratio
+  R(t) = Φ(-t)/φ(t) ≈ (1 - 1/t² + 3/t⁴)/t (relative error < 1e-6 for t >= 16), likewise for α'.
   dx = g·θ·mask;  dμ_c = Σ g·x·θ·∂x_s/∂μ;  d log σ_c = Σ g·x·θ·σ·∂x_s/∂σ  (sums over the unit's elements, masked
   units get 0).
 """
@@ -28,6 +30,7 @@ from .philox import philox_uniform
 from .special import log_ndtr, ndtri_log
 
 GRANULARITIES = ("batch", "sample", "element")
+FAR_TAIL = 16.0
 
 
 def math_dtype(x: torch.Tensor) -> torch.dtype:
@@ -58,16 +61,16 @@ def draws(granularity: str, shape, dim: int) -> int:
 
 
 def unit_params(mu: torch.Tensor, log_sigma: torch.Tensor, a: float, b: float, dtype: torch.dtype):
-    """Per-unit constants of the sampler: (μ, σ, α, β, L, r, s), computed in float64, returned in ``dtype``."""
+    """Per-unit constants of the sampler: (μ, σ, α', β', L, r, s), computed in float64, returned in ``dtype``."""
     mu64 = mu.detach().to(torch.float64)
     sigma = torch.exp(log_sigma.detach().to(torch.float64))
     al, be = (a - mu64) / sigma, (b - mu64) / sigma
     mirror = (al + be) > 0
-    far = log_ndtr(torch.where(mirror, -al, be))
-    near = log_ndtr(torch.where(mirror, -be, al))
-    r = torch.exp(near - far)
+    al_c, be_c = torch.where(mirror, -be, al), torch.where(mirror, -al, be)
+    far = log_ndtr(be_c)
+    r = torch.exp(log_ndtr(al_c) - far)
     s = torch.where(mirror, -1.0, 1.0).to(torch.float64)
-    return tuple(t.to(dtype) for t in (mu64, sigma, al, be, far, r, s))
+    return tuple(t.to(dtype) for t in (mu64, sigma, al_c, be_c, far, r, s))
 
 
 def _view(t: torch.Tensor, ndim: int, dim: int) -> torch.Tensor:
@@ -76,22 +79,42 @@ def _view(t: torch.Tensor, ndim: int, dim: int) -> torch.Tensor:
     return t.reshape(shape)
 
 
-def sample_eps(u: torch.Tensor, params, ndim: int, dim: int):
-    """ε for uniforms u (already shaped like θ), and the per-unit params viewed for broadcasting."""
-    mu, sigma, al, be, far, r, s = (_view(t, ndim, dim) for t in params)
-    v = torch.where(s < 0, 1.0 - u, u)
-    eps = s * ndtri_log(far + torch.log(v + (1.0 - v) * r))
-    return eps, (mu, sigma, al, be)
-
-
 def theta(x_shape, mu, log_sigma, a, b, dim, granularity, seed, offset, dtype):
-    """(θ, u, ε, per-unit views) with θ shaped for broadcasting against x."""
+    """θ shaped for broadcasting against x, plus what the backward needs: (θ, v, w, ε', per-unit views)."""
     _, tshape = layout(x_shape, dim, granularity)
     u = philox_uniform(seed, offset, tshape, device=mu.device).to(dtype)
-    params = unit_params(mu, log_sigma, a, b, dtype)
-    eps, (m, sg, al, be) = sample_eps(u, params, len(x_shape), dim)
-    xs = torch.clamp(m + sg * eps, a, b)
-    return torch.exp(xs), u, eps, (m, sg, al, be)
+    m, sg, al, be, far, r, s = (_view(t, len(x_shape), dim) for t in unit_params(mu, log_sigma, a, b, dtype))
+    v = torch.where(s < 0, 1.0 - u, u)
+    w = v + (1.0 - v) * r
+    eps_c = ndtri_log(far + torch.log(w))
+    xs = torch.clamp(m + sg * s * eps_c, a, b)
+    return torch.exp(xs), v, w, eps_c, (sg, al, be, r, s)
+
+
+def _mills_asym(t: torch.Tensor) -> torch.Tensor:
+    """t·R(t) for t >= FAR_TAIL (the 1/t is cancelled in the ratios below)."""
+    t2 = 1.0 / (t * t)
+    return 1.0 - t2 + 3.0 * t2 * t2
+
+
+def grad_factors(v, w, eps_c, al, be, r, s):
+    """(∂x_s/∂μ, ∂x_s/∂σ) per draw, in canonical coordinates (see the module docstring)."""
+    zero = torch.zeros_like(v)
+    far = be < -FAR_TAIL
+    # far tail: φ(t)/φ(ε') = (Φ(t)/Φ(ε'))·R(-ε')/R(-t), and R(-ε')/R(-t) = (t/ε')·mills_asym(-ε')/mills_asym(-t)
+    pe = torch.clamp(-eps_c, min=FAR_TAIL)
+    rb_far = (v / w) * (torch.clamp(-be, min=FAR_TAIL) / pe) * _mills_asym(pe) / _mills_asym(torch.clamp(-be, min=FAR_TAIL))
+    ra_far = ((1.0 - v) * r / w) * (torch.clamp(-al, min=FAR_TAIL) / pe) * _mills_asym(pe) \
+        / _mills_asym(torch.clamp(-al, min=FAR_TAIL))
+    log_v = torch.where(v > 0, torch.log(v), torch.full_like(v, -math.inf))
+    rb_near = torch.where(v > 0, torch.exp(log_v - 0.5 * (be - eps_c) * (be + eps_c)), zero)
+    ra_near = torch.exp(torch.log1p(-v) - 0.5 * (al - eps_c) * (al + eps_c))
+    ra = torch.where(far, torch.where(r > 0, ra_far, zero), ra_near)
+    rb = torch.where(far, rb_far, rb_near)
+    dmu = 1.0 - ra - rb
+    # α'·ra vanishes wherever ra does; guard the 0·inf that a huge |α'| would otherwise produce
+    dsig = s * (eps_c - torch.where(ra > 0, al * ra, zero) - torch.where(rb > 0, be * rb, zero))
+    return dmu, dsig
 
 
 def _mask_view(mask, ndim, dim, dtype):
@@ -112,18 +135,13 @@ def lognormal_noise_backward(grad_y, x, mu, log_sigma, mask, a: float, b: float,
                              seed: int, offset: int):
     """(dx, dμ, d log σ) of ``lognormal_noise`` for upstream gradient ``grad_y``, regenerating θ from (seed, offset)."""
     dt = math_dtype(x)
-    th, u, eps, (m, sg, al, be) = theta(x.shape, mu, log_sigma, a, b, dim, granularity, seed, offset, dt)
+    th, v, w, eps_c, (sg, al, be, r, s) = theta(x.shape, mu, log_sigma, a, b, dim, granularity, seed, offset, dt)
     mk = _mask_view(mask, x.dim(), dim, dt)
     if mk is not None:
         th = th * mk
     g = grad_y.to(dt)
     dx = (g * th).to(x.dtype)
-    log_u = torch.where(u > 0, torch.log(u), torch.full_like(u, -math.inf))
-    ra = torch.exp(torch.log1p(-u) - 0.5 * (al - eps) * (al + eps))   # (1-u) φ(α)/φ(ε)
-    rb = torch.where(u > 0, torch.exp(log_u - 0.5 * (be - eps) * (be + eps)), torch.zeros_like(u))  # u φ(β)/φ(ε)
-    # α·ra vanishes wherever ra does; guard the 0·inf that a huge |α| would otherwise produce
-    dxs_dmu = 1.0 - ra - rb
-    dxs_dsig = eps - torch.where(ra > 0, al * ra, torch.zeros_like(ra)) - torch.where(rb > 0, be * rb, torch.zeros_like(rb))
+    dxs_dmu, dxs_dsig = grad_factors(v, w, eps_c, al, be, r, s)
     gxt = g * x.to(dt) * th
     red = [d for d in range(x.dim()) if d != dim]
     dmu = (gxt * dxs_dmu).sum(dim=red)
