@@ -1,11 +1,14 @@
 """fastbayes: Bayesian structured pruning for PyTorch with fused kernels.
 
-Public API (see README.md): ``fastbayes.distributions``, ``fastbayes.bmr``, ``fastbayes.ops``, ``fastbayes.backends``.
+    gates = fastbayes.add_gates(model)                       # gate every Conv/Linear but the classifier
+    loss = F.cross_entropy(model(x), y) + fastbayes.kl_loss(model) / n_train
+    report = fastbayes.prune.update_masks(model, "bmrs_n")   # or "snr", "bmrs_u"
 """
 import torch  # noqa: F401  (must precede the extension: it maps torch's libgomp)
 
-from . import backends, ops, reference  # noqa: E402
+from . import backends, nn, ops, prune, reference  # noqa: E402
+from .nn import add_gates, kl_loss  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["backends", "ops", "reference", "__version__"]
+__all__ = ["add_gates", "backends", "kl_loss", "nn", "ops", "prune", "reference", "__version__"]

@@ -145,10 +145,10 @@ def test_opcheck():
     mu, ls = torch.zeros(4), torch.full((4,), -1.0)
     mask = torch.tensor([True, False, True, True])
     for gran in GRANS:
-        torch.library.opcheck(torch.ops.fastbayes.lognormal_noise.default, (x, mu, ls, mask, -20.0, 0.0, 1, gran, 1, 0))
+        torch.library.opcheck(torch.ops.fastbayes.lognormal_noise.default, (x, mu, ls, mask, -20.0, 0.0, 1, gran, torch.tensor(1), 0))
         torch.library.opcheck(torch.ops.fastbayes.lognormal_noise.default,
                               (x.clone().requires_grad_(), mu.clone().requires_grad_(), ls.clone().requires_grad_(),
-                               None, -20.0, 0.0, 1, gran, 1, 0))
+                               None, -20.0, 0.0, 1, gran, torch.tensor(1), 0))
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -6,6 +6,7 @@ Every op lives in one file of ``fastbayes.ops`` as a ``torch.library`` custom op
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 
@@ -32,7 +33,20 @@ def backend_fn(op: str, backend: str):
     return getattr(kernels, op)
 
 
-def run(op: str, device: torch.device, *args, implemented=backends.NAMES):
+@functools.lru_cache(None)
+def has_op(op: str, backend: str) -> bool:
+    """Whether ``backend`` implements ``op`` (a partial build, or an older extension, may lack some)."""
+    if not backends.available()[backend]:
+        return False
+    try:
+        backend_fn(op, backend)
+        return True
+    except (AttributeError, RuntimeError, ImportError):
+        return False
+
+
+def run(op: str, device: torch.device, *args):
+    implemented = tuple(b for b in backends.NAMES if has_op(op, b))
     return backend_fn(op, backends.select(device, implemented))(*args)
 
 

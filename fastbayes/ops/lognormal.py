@@ -18,8 +18,9 @@ SEED_BOUND = 2 ** 63
 
 @torch.library.custom_op("fastbayes::lognormal_noise", mutates_args=())
 def _lognormal_noise(x: Tensor, mu: Tensor, log_sigma: Tensor, mask: Optional[Tensor], a: float, b: float, dim: int,
-                     granularity: str, seed: int, offset: int) -> Tensor:
-    return run("lognormal_noise", x.device, x, mu, log_sigma, mask, a, b, dim, granularity, seed, offset)
+                     granularity: str, seed: Tensor, offset: int) -> Tensor:
+    # the seed travels as a CPU int64 tensor so that a compiled graph draws a fresh one every call
+    return run("lognormal_noise", x.device, x, mu, log_sigma, mask, a, b, dim, granularity, int(seed), offset)
 
 
 @_lognormal_noise.register_fake
@@ -29,9 +30,10 @@ def _(x, mu, log_sigma, mask, a, b, dim, granularity, seed, offset):
 
 @torch.library.custom_op("fastbayes::lognormal_noise_backward", mutates_args=())
 def _lognormal_noise_backward(grad_y: Tensor, x: Tensor, mu: Tensor, log_sigma: Tensor, mask: Optional[Tensor], a: float,
-                              b: float, dim: int, granularity: str, seed: int, offset: int) -> tuple[Tensor, Tensor, Tensor]:
+                              b: float, dim: int, granularity: str, seed: Tensor, offset: int
+                              ) -> tuple[Tensor, Tensor, Tensor]:
     dx, dmu, dls = run("lognormal_noise_backward", x.device, grad_y.contiguous(), x, mu, log_sigma, mask, a, b, dim,
-                       granularity, seed, offset)
+                       granularity, int(seed), offset)
     return dx, dmu, dls
 
 
@@ -41,14 +43,15 @@ def _(grad_y, x, mu, log_sigma, mask, a, b, dim, granularity, seed, offset):
 
 
 def _setup_context(ctx, inputs, output):
-    x, mu, log_sigma, mask, *rest = inputs
-    ctx.save_for_backward(x, mu, log_sigma, mask)
-    ctx.rest = rest
+    x, mu, log_sigma, mask, a, b, dim, granularity, seed, offset = inputs
+    ctx.save_for_backward(x, mu, log_sigma, mask, seed)
+    ctx.rest = (a, b, dim, granularity)
+    ctx.offset = offset
 
 
 def _backward(ctx, grad_y):
-    x, mu, log_sigma, mask = ctx.saved_tensors
-    dx, dmu, dls = _lognormal_noise_backward(grad_y, x, mu, log_sigma, mask, *ctx.rest)
+    x, mu, log_sigma, mask, seed = ctx.saved_tensors
+    dx, dmu, dls = _lognormal_noise_backward(grad_y, x, mu, log_sigma, mask, *ctx.rest, seed, ctx.offset)
     return dx, dmu, dls, None, None, None, None, None, None, None
 
 
@@ -61,9 +64,10 @@ def normalize_dim(dim: int, ndim: int) -> int:
     return dim % ndim
 
 
-def fresh_seed() -> int:
-    """A seed from torch's default generator, so ``torch.manual_seed`` makes runs reproducible."""
-    return int(torch.randint(0, 2 ** 62, (1,), dtype=torch.int64).item())
+def fresh_seed() -> Tensor:
+    """A seed from torch's default generator, so ``torch.manual_seed`` makes runs reproducible (a CPU tensor: no
+    host sync, and a compiled graph draws a new one every call)."""
+    return torch.randint(0, 2 ** 62, (), dtype=torch.int64)
 
 
 def lognormal_noise(x: Tensor, mu: Tensor, log_sigma: Tensor, *, a: float = -20.0, b: float = 0.0, dim: int = 1,
@@ -110,11 +114,13 @@ def lognormal_noise(x: Tensor, mu: Tensor, log_sigma: Tensor, *, a: float = -20.
         shape[dim] = -1
         return x * scale.to(x.dtype).reshape(shape)
     if seed is None:
-        seed = fresh_seed()
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_BOUND:
+        seed_t = fresh_seed()
+    elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_BOUND:
         raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    else:
+        seed_t = torch.tensor(seed, dtype=torch.int64)
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 \
             or offset + draws(granularity, x.shape, dim) >= SEED_BOUND:
         raise ValueError(f"offset must be a non-negative integer with offset + draws < 2**63, got {offset!r}")
     return _lognormal_noise(x.contiguous(), mu.contiguous(), log_sigma.to(mu.dtype).contiguous(),
-                            None if mask is None else mask.contiguous(), a, b, dim, granularity, seed, offset)
+                            None if mask is None else mask.contiguous(), a, b, dim, granularity, seed_t, offset)
