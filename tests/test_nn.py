@@ -1,0 +1,150 @@
+"""Gate modules, add_gates, kl_loss: placement, state, autograd, torch.compile."""
+import copy
+import io
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastbayes as fb
+from fastbayes.reference.gate_stats import gate_stats as ref_gate_stats
+from models import MLP, ConvBN, LeNet5
+
+
+def test_default_placement_skips_classifier():
+    m = LeNet5()
+    gates = fb.add_gates(m)
+    assert list(gates) == ["conv1", "conv2", "fc1"]
+    assert [g.num_features for g in gates.values()] == [20, 50, 500]
+    assert gates["conv1"].dim == 1 and gates["fc1"].dim == -1
+
+
+def test_idempotent_and_state_dict():
+    m = LeNet5()
+    g1 = fb.add_gates(m)
+    g2 = fb.add_gates(m)
+    assert all(g1[k] is g2[k] for k in g1)
+    keys = m.state_dict().keys()
+    assert "conv1.weight" in keys and "conv1.fastbayes_gate.mu" in keys and "fc1.fastbayes_gate.mask" in keys
+    assert sum(1 for n, _ in m.named_parameters() if "fastbayes_gate" in n) == 6
+
+
+def test_deepcopy_and_state_dict_round_trip():
+    torch.manual_seed(0)
+    m = LeNet5()
+    fb.add_gates(m)
+    with torch.no_grad():
+        m.conv2.fastbayes_gate.mu.uniform_(-3, 0)
+        m.conv2.fastbayes_gate.mask[::3] = False
+    m.eval()
+    x = torch.randn(2, 1, 28, 28)
+    m2 = copy.deepcopy(m)
+    torch.testing.assert_close(m2(x), m(x), rtol=0, atol=0)
+    buf = io.BytesIO()
+    torch.save(m.state_dict(), buf)
+    m3 = LeNet5()
+    fb.add_gates(m3)
+    m3.load_state_dict(torch.load(io.BytesIO(buf.getvalue())))
+    m3.eval()
+    torch.testing.assert_close(m3(x), m(x), rtol=0, atol=0)
+
+
+def test_gate_clamps_log_sigma_and_eval_uses_mean():
+    g = fb.nn.LogNormalGate(4)
+    with torch.no_grad():
+        g.log_sigma.copy_(torch.tensor([-50.0, 0.0, 9.0, -5.0]))
+    assert torch.equal(g.clamped_log_sigma(), torch.tensor([-20.0, 0.0, 5.0, -5.0]))
+    g.eval()
+    x = torch.randn(3, 4)
+    mean = ref_gate_stats(g.mu.detach(), g.clamped_log_sigma().detach())[1]
+    torch.testing.assert_close(g(x), x * mean)
+
+
+def test_posterior_and_kl_match_reference():
+    g = fb.nn.LogNormalGate(3, init_mu=-1.0, init_log_sigma=math.log(0.5))
+    q = g.posterior
+    torch.testing.assert_close(q.mean, torch.full((3,), 0.3980687514), rtol=1e-6, atol=0)
+    torch.testing.assert_close(g.kl(), torch.tensor(3 * 2.348201693), rtol=1e-6, atol=0)
+
+
+def test_kl_loss_sum_and_mean_reductions():
+    m = MLP((8, 6, 4, 3))
+    gates = fb.add_gates(m, kl_weight={"layers.0": 2.0})
+    per_gate = {n: g.kl() for n, g in gates.items()}
+    want_sum = 2.0 * per_gate["layers.0"] + per_gate["layers.1"]
+    torch.testing.assert_close(fb.kl_loss(m), want_sum)
+    want_mean = (2.0 * per_gate["layers.0"] / 6 + per_gate["layers.1"] / 4) / 2
+    torch.testing.assert_close(fb.kl_loss(m, reduction="mean"), want_mean)
+    fb.kl_loss(m).backward()
+    assert gates["layers.0"].mu.grad is not None
+
+
+def test_bn_placement():
+    m = ConvBN()
+    gates = fb.add_gates(m, placement="bn", layers=["conv"])
+    assert list(gates) == ["bn"]
+    m.eval()
+    x = torch.randn(2, 3, 5, 5)
+    with torch.no_grad():
+        m.bn.fastbayes_gate.mask[:4] = False
+    feats = {}
+    m.bn.register_forward_hook(lambda mod, i, o: feats.setdefault("bn", o))
+    m(x)
+    assert torch.all(feats["bn"][:, :4] == 0)
+
+
+def test_bad_arguments():
+    m = LeNet5()
+    with pytest.raises(ValueError, match="kind"):
+        fb.add_gates(m, kind="gaussian")
+    with pytest.raises(ValueError, match="layers"):
+        fb.add_gates(m, layers=["nope"])
+    with pytest.raises(ValueError, match="placement"):
+        fb.add_gates(m, placement="input")
+    with pytest.raises(ValueError, match="num_features"):
+        fb.nn.LogNormalGate(0)
+    with pytest.raises(ValueError, match="granularity"):
+        fb.nn.LogNormalGate(3, granularity="pixel")
+    with pytest.raises(ValueError, match="add_gates"):
+        fb.kl_loss(LeNet5())
+
+
+def test_training_step_decreases_loss():
+    torch.manual_seed(0)
+    m = MLP((16, 32, 3))
+    fb.add_gates(m)
+    x = torch.randn(64, 16)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    losses = []
+    for _ in range(30):
+        loss = F.cross_entropy(m(x), y) + fb.kl_loss(m) / 1000
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_torch_compile_fullgraph_matches_eager_and_trains():
+    torch.manual_seed(0)
+    m = LeNet5(widths=(4, 6, 16))
+    fb.add_gates(m)
+    cm = torch.compile(m, fullgraph=True)
+    x = torch.randn(4, 1, 28, 28)
+    m.eval()
+    torch.testing.assert_close(cm(x), m(x), rtol=1e-5, atol=1e-5)
+    m.train()
+    opt = torch.optim.Adam(m.parameters(), 1e-3)
+    before = m.conv1.fastbayes_gate.mu.detach().clone()
+    outs = []
+    for _ in range(2):
+        out = cm(x)
+        outs.append(out.detach())
+        loss = F.cross_entropy(out, torch.zeros(4, dtype=torch.long)) + fb.kl_loss(m) / 100
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert not torch.equal(before, m.conv1.fastbayes_gate.mu.detach())
+    assert not torch.equal(outs[0], outs[1])   # fresh noise every compiled call
