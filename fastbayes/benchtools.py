@@ -1,0 +1,54 @@
+"""Turn pytest-benchmark JSON into side-by-side tables (used by ``fastbayes bench`` and benchmarks/render.py).
+
+Convention for the suites in benchmarks/: each benchmark sets ``benchmark.group`` (what is measured, e.g.
+"lognormal fwd+bwd (128,64,32,32) sample") and ``benchmark.extra_info["provider"]`` (who does it: "reference",
+"reference+compile", "cpu", "triton", "cuda", "copy", ...).  Ratios are taken within one group of one run.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+BASELINES = ("reference", "plain")
+
+
+def load(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def rows(data: dict) -> list[dict]:
+    out = []
+    for b in data.get("benchmarks", []):
+        stats = b.get("stats") or {}
+        if "median" not in stats:
+            continue
+        out.append({"group": b.get("group") or b["name"], "provider": b.get("extra_info", {}).get("provider", b["name"]),
+                    "median_ms": 1e3 * stats["median"], "extra": b.get("extra_info", {})})
+    return out
+
+
+def table(data: dict, fmt: str = "text") -> str:
+    """One block per group: provider, median time and speed-up over the group's baseline (reference or plain)."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows(data):
+        groups.setdefault(r["group"], []).append(r)
+    lines = []
+    if fmt == "md":
+        lines += ["| benchmark | provider | median ms | speed-up vs baseline |", "|---|---|---:|---:|"]
+    for g, rs in groups.items():
+        base = next((r for name in BASELINES for r in rs if r["provider"] == name), rs[0])
+        for r in sorted(rs, key=lambda r: -r["median_ms"]):
+            ratio = base["median_ms"] / r["median_ms"]
+            if fmt == "md":
+                lines.append(f"| {g} | {r['provider']} | {r['median_ms']:.3f} | {ratio:.2f}× |")
+            else:
+                lines.append(f"{g:<48.48} {r['provider']:<20} {r['median_ms']:>10.3f} ms  {ratio:>6.2f}x vs {base['provider']}")
+        if fmt != "md":
+            lines.append("")
+    return "\n".join(lines)
+
+
+def machine(data: dict) -> str:
+    m = data.get("machine_info", {})
+    cpu = m.get("cpu", {}).get("brand_raw", "?")
+    return f"{m.get('node', '?')}: {cpu}, {m.get('cpu', {}).get('count', '?')} logical CPUs, python {m.get('python_version', '?')}"
