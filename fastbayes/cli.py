@@ -1,4 +1,5 @@
-"""The ``fastbayes`` command: ``info`` (what loaded and why not) and ``bench`` (benchmark suites + summary)."""
+"""The ``fastbayes`` command: ``info`` (what loaded and why not), ``demo`` (train, prune, compact, measure) and
+``bench`` (benchmark suites + summary)."""
 from __future__ import annotations
 
 import argparse
@@ -81,6 +82,19 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     pi = sub.add_parser("info", help="versions, backends and why the others are unavailable")
     pi.add_argument("--json", action="store_true", help="print JSON")
+    pd = sub.add_parser("demo", help="train with gates, prune, compact, measure; writes DIR/report.json and plots")
+    pd.add_argument("--method", default="bmrs_n", choices=["sbp", "bmrs_n", "bmrs_u"])
+    pd.add_argument("--model", default="lenet5", help="lenet5, mlp (784-150-10) or mlp-H1-H2...")
+    pd.add_argument("--dataset", default=None, choices=["fashion-mnist", "digits"],
+                    help="default: fashion-mnist if installed, else digits")
+    pd.add_argument("--epochs", type=int, default=6)
+    pd.add_argument("--finetune", type=int, default=1, help="last epochs trained with the masks frozen")
+    pd.add_argument("--seed", type=int, default=0)
+    pd.add_argument("--batch-size", type=int, default=128)
+    pd.add_argument("--lr", type=float, default=1e-3)
+    pd.add_argument("--max-train", type=int, default=None, help="use only the first N training examples")
+    pd.add_argument("--out", default="fastbayes-demo")
+    pd.add_argument("--no-plots", action="store_true")
     pb = sub.add_parser("bench", help="run the benchmark suites and print the summary table")
     pb.add_argument("-k", default=None, help="pytest -k expression to select benchmarks")
     pb.add_argument("--json", default=None, help="where to write pytest-benchmark's JSON")
@@ -88,6 +102,11 @@ def main(argv=None) -> int:
     if args.cmd == "info":
         d = info()
         print(json.dumps(d, indent=2)) if args.json else _print_info(d)
+        return 0
+    if args.cmd == "demo":
+        from .demo import run
+        run(args.method, args.model, args.dataset, args.epochs, args.finetune, args.seed, args.out, args.batch_size,
+            args.lr, args.max_train, plots=not args.no_plots)
         return 0
     return bench(args)
 
