@@ -144,6 +144,7 @@ def lognormal_noise_backward(grad_y, x, mu, log_sigma, mask, a: float, b: float,
     dxs_dmu, dxs_dsig = grad_factors(v, w, eps_c, al, be, r, s)
     gxt = g * x.to(dt) * th
     red = [d for d in range(x.dim()) if d != dim]
-    dmu = (gxt * dxs_dmu).sum(dim=red)
-    dls = (gxt * dxs_dsig * sg).sum(dim=red)
+    dmu, dls = gxt * dxs_dmu, gxt * dxs_dsig * sg
+    if red:   # a 1-d x has one element per unit: nothing to sum (an empty dim list would sum everything)
+        dmu, dls = dmu.sum(dim=red), dls.sum(dim=red)
     return dx, dmu.to(mu.dtype), dls.to(log_sigma.dtype)
