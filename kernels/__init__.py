@@ -1,0 +1,9 @@
+"""Triton kernels of fastbayes (installed as ``fastbayes.kernels``).
+
+Importing this package only imports triton and defines the jit functions; nothing is compiled until a
+kernel is launched.  Set ``TRITON_INTERPRET=1`` before the import to run the kernels on CPU tensors.
+"""
+from .gate_stats import gate_stats, gate_stats_backward
+from .lognormal import lognormal_noise, lognormal_noise_backward
+
+__all__ = ["gate_stats", "gate_stats_backward", "lognormal_noise", "lognormal_noise_backward"]
