@@ -1,6 +1,8 @@
-"""Pruning decisions (criteria, masks, schedule)."""
+"""Pruning decisions (criteria, masks, schedule), physical removal (compact) and measurement."""
+from .compact import compact
 from .criteria import CRITERIA, Decision
-from .measure import count_flops, count_params, latency_ms, measure
 from .masks import LayerReport, PruneReport, PruneSchedule, update_masks
+from .measure import count_flops, count_params, latency_ms, measure
 
-__all__ = ["CRITERIA", "Decision", "LayerReport", "PruneReport", "PruneSchedule", "update_masks", "measure", "count_flops", "count_params", "latency_ms"]
+__all__ = ["CRITERIA", "Decision", "LayerReport", "PruneReport", "PruneSchedule", "compact", "count_flops",
+           "count_params", "latency_ms", "measure", "update_masks"]

@@ -1,0 +1,230 @@
+"""From masks to a physically smaller model: fold E[θ]·mask into the gated layers, drop the gates, remove channels.
+
+Folding (METHODS.md §5.4) is exact because every gate multiplies the output of the module it is registered under:
+
+* Conv/Linear site: y = (W x + b)·s  ->  W' = s·W (per output row), b' = s·b;
+* BatchNorm site:   y = (γ x̂ + β)·s  ->  γ' = s·γ, β' = s·β,
+
+with s = E[θ]·mask, the very multiplier the gated model applies in eval mode.  A pruned channel (s = 0) is then 0
+at every site of its group; it can be removed when it is 0 at *all* sites of its Torch-Pruning group, given that
+whatever the model does between a site and the next layer maps 0 to 0 (ReLU, SiLU, pooling, ... do; a sigmoid
+does not, and ``check`` catches it).  Channels that cannot be removed keep s = 0 and stay exact.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..nn.insert import _BN, _CONV, _as_args, _detach, channel_groups, dependency_graph, sites
+
+CHECK_RTOL = 1e-5
+
+
+def _forward(model: nn.Module, example_inputs):
+    args = _as_args(example_inputs)
+    return model(**args) if isinstance(args, dict) else model(*args)
+
+
+def _flat(out) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out.detach().reshape(-1)
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        parts = [_flat(o) for o in out]
+        parts = [p for p in parts if p.numel()]
+        return torch.cat(parts) if parts else torch.zeros(0)
+    return torch.zeros(0)
+
+
+def relative_error(out, ref) -> float:
+    """‖out − ref‖ / ‖ref‖ over all output tensors (computed in float64)."""
+    a, b = _flat(out).double(), _flat(ref).double()
+    if a.shape != b.shape:
+        return float("inf")
+    return float((a - b).norm() / b.norm().clamp_min(torch.finfo(torch.float64).tiny))
+
+
+@torch.no_grad()
+def eval_outputs(model: nn.Module, example_inputs):
+    """The model's outputs in eval mode, leaving every module's train/eval flag as it was."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        return _forward(model, example_inputs)
+    finally:
+        for m, t in modes:
+            m.training = t
+
+
+def _unit_shape(gate: nn.Module) -> list[int]:
+    d = gate.dim if gate.dim >= 0 else 1
+    shape = [1] * (d + 1)
+    shape[d] = gate.num_features
+    return shape
+
+
+@torch.no_grad()
+def _eval_scale(gate: nn.Module, tiles: int) -> torch.Tensor:
+    """The multiplier a gate applies in eval mode, one per channel of its site (E[θ]·mask for LogNormalGate)."""
+    ref = next(iter(gate.parameters()), None)
+    dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
+    device = ref.device if ref is not None else None
+    was = gate.training
+    gate.eval()
+    try:
+        s = gate(torch.ones(_unit_shape(gate), dtype=dtype, device=device)).reshape(-1)
+    finally:
+        gate.train(was)
+    return s.repeat(tiles)
+
+
+@torch.no_grad()
+def _fold(module: nn.Module, s: torch.Tensor) -> None:
+    if isinstance(module, _BN):
+        if module.weight is None:   # affine=False: the scale becomes the affine part
+            module.weight = nn.Parameter(s.to(module.running_var.dtype if module.running_var is not None
+                                              else torch.float32).clone())
+            module.bias = nn.Parameter(torch.zeros_like(module.weight))
+            module.affine = True
+            return
+        module.weight.mul_(s.to(module.weight.dtype))
+        module.bias.mul_(s.to(module.bias.dtype))
+        return
+    w = module.weight
+    if isinstance(module, nn.Linear):
+        w.mul_(s.to(w.dtype).reshape(-1, 1))
+    elif isinstance(module, _CONV) and module.transposed:
+        g = module.groups
+        per_in, per_out = w.shape[0] // g, w.shape[1]
+        st = s.to(w.dtype).reshape(g, 1, per_out).expand(g, per_in, per_out).reshape(w.shape[0], per_out)
+        w.mul_(st.reshape(*st.shape, *([1] * (w.dim() - 2))))
+    elif isinstance(module, _CONV):
+        w.mul_(s.to(w.dtype).reshape(-1, *([1] * (w.dim() - 1))))
+    else:
+        raise ValueError(f"cannot fold a gate into a {type(module).__name__}")
+    if module.bias is not None:
+        module.bias.mul_(s.to(module.bias.dtype))
+
+
+def _periodic(removable: torch.Tensor, grouped: list) -> torch.Tensor:
+    """Removable only at positions removable in every conv group (a grouped conv keeps equal, aligned groups)."""
+    for (channels, groups), (idxs, roots) in grouped:
+        t = torch.zeros(channels, dtype=torch.bool)
+        t[idxs] = removable[roots]
+        pos = t.reshape(groups, channels // groups).all(0).repeat(groups)
+        removable = removable.clone()
+        removable[roots] &= pos[idxs]
+    return removable
+
+
+def _settle(removable, score, grouped, min_units, round_to):
+    """Give back the best pruned channels until at least ``min_units`` stay and the width is a multiple of round_to."""
+    n = removable.numel()
+    removable = _periodic(removable, grouped)
+    order = torch.argsort(score, descending=True, stable=True)
+    while bool(removable.any()):
+        kept = n - int(removable.sum())
+        if kept >= min(min_units, n) and (round_to is None or kept % round_to == 0):
+            break
+        best = order[removable[order]][0]
+        removable = removable.clone()
+        removable[best] = False
+        removable = _periodic(removable, grouped)
+    return removable
+
+
+@torch.no_grad()
+def _unmasked_mean(gate: nn.Module, tiles: int, scale: torch.Tensor) -> torch.Tensor:
+    """E[θ] per channel ignoring the mask (what round_to and min_units rank by); the eval scale for other gates."""
+    stats = getattr(gate, "stats", None)
+    mean = stats()[1].reshape(-1).repeat(tiles) if callable(stats) else scale
+    return mean.detach().to(device="cpu", dtype=torch.float64)
+
+
+def _strip_gates(model: nn.Module):
+    """Fold every gate into its site and remove gates and hooks; returns {site: (eval scale, unmasked E[θ])}."""
+    found = sites(model)
+    modules = dict(model.named_modules())
+    out = {}
+    for name, (gate, tiles) in found.items():
+        s = _eval_scale(gate, tiles)
+        out[name] = ((s == 0).cpu(), _unmasked_mean(gate, tiles, s))
+        _fold(modules[name], s)
+    for name in found:
+        _detach(modules[name])
+    return out
+
+
+def compact(model: nn.Module, example_inputs, *, round_to: int | None = None, min_units: int = 1,
+            check: bool = True) -> nn.Module:
+    """A new, physically smaller plain ``nn.Module`` equal to ``model`` masked, in eval mode (``model`` untouched).
+
+    E[θ]·mask of every gate is folded into the module it is registered under (METHODS.md §5.4), the gates and
+    their hooks are removed, and every channel whose scale is 0 at all sites of its Torch-Pruning group is removed
+    with Torch-Pruning (residual sums, depthwise and grouped convolutions, concatenations and BatchNorm handled by
+    its dependency graph).  With coupled gates (``add_gates(model, example_inputs=x)``) every pruning decision is
+    removed; with per-layer gates a channel goes only when all its coupled layers pruned it and no ungated
+    BatchNorm follows its gate.
+
+    Args:
+        example_inputs: a tensor, a tuple of arguments or a dict of keyword arguments to trace the model with.
+        round_to: keep widths multiples of this (extra channels: the pruned ones with the best E[θ]; they stay
+            exact because their folded scale is 0).  A group whose width cannot reach a multiple keeps all.
+        min_units: keep at least this many channels per group (a layer cannot lose all of them).
+        check: compare the result with the masked model in eval mode on example_inputs and raise RuntimeError if
+            the relative error exceeds 1e-5 (e.g. an activation with f(0) != 0 right after a gate).
+
+    Returns the compact model in eval mode (call ``.train()`` to fine-tune it).
+    """
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+        raise ValueError(f"round_to must be None or a positive integer, got {round_to!r}")
+    if isinstance(min_units, bool) or not isinstance(min_units, int) or min_units < 1:
+        raise ValueError(f"min_units must be a positive integer (a layer cannot lose all its channels), "
+                         f"got {min_units!r}")
+    if example_inputs is None:
+        raise ValueError("example_inputs is required to trace the model")
+    _as_args(example_inputs)
+    reference = eval_outputs(model, example_inputs) if check else None
+    small = copy.deepcopy(model)
+    small.eval()
+    folded = _strip_gates(small)
+    if folded:
+        flags = {n: p.requires_grad for n, p in model.named_parameters()}
+        dg = dependency_graph(small, example_inputs)
+        plans = []
+        for g in channel_groups(small, dg=dg):
+            if g.problem is not None or not any(s in folded for s in g.sites):
+                continue
+            removable = torch.ones(g.size, dtype=torch.bool)
+            score = torch.full((g.size,), -float("inf"), dtype=torch.float64)
+            for s in g.sites:
+                idxs, roots = g.maps[s]
+                if s not in folded:      # an ungated site: its channels are not 0 there
+                    removable[roots] = False
+                    continue
+                zero, mean = folded[s]
+                removable[roots] &= zero[idxs]
+                score[roots] = torch.maximum(score[roots], mean[idxs])
+            grouped = [((len(g.maps[k][0]), k[2]), g.maps[k]) for k in g.maps if isinstance(k, tuple)]
+            removable = _settle(removable, score, grouped, min_units, round_to)
+            if removable.any():
+                root_item = g.tp_group[0]
+                plans.append((root_item.dep.target.module, root_item.dep.handler,
+                              removable.nonzero().flatten().tolist()))
+        for module, fn, idxs in plans:
+            dg.get_pruning_group(module, fn, idxs).prune()
+        for n, p in small.named_parameters():
+            p.requires_grad_(flags.get(n, True))
+    small.eval()
+    if check:
+        with torch.no_grad():
+            err = relative_error(_forward(small, example_inputs), reference)
+        if not err <= CHECK_RTOL:
+            raise RuntimeError(f"the compact model differs from the masked model: relative error {err:.3g} > "
+                               f"{CHECK_RTOL:g}; something between a gate and the next layer does not map 0 to 0 "
+                               "(e.g. a sigmoid after an output gate), or channels reach the model's output")
+    return small
+
