@@ -1,0 +1,458 @@
+// Log-space special functions and the per-unit statistics of the truncated log-normal gate.
+//
+// Torch-free and header-only: the same code runs in the OpenMP CPU ops and in the CUDA kernels.  Every
+// function mirrors its counterpart in fastbayes/reference/{special,gate_stats}.py operation by operation
+// (same formulas, same evaluation order, the same regime switches), so the backends agree with the
+// reference to a few ulps of its cancellation-free results for μ far outside [a, b] and σ from 1e-6 to 1e3.
+#pragma once
+#include <cmath>
+
+#include "fastbayes/config.h"
+
+namespace fastbayes {
+
+constexpr double kLog2Pi = 1.8378770664093453;          // log(2π)
+constexpr double kHalfLog2Pi = 0.9189385332046727;      // ½·log(2π)
+constexpr double kHalfLog2PiE = 1.4189385332046727;     // ½·log(2πe)
+constexpr double kLog2 = 0.6931471805599453;
+constexpr double kSqrtHalf = 0.7071067811865476;        // 1/√2, as torch's c10::frac_sqrt_2<double>
+constexpr double kInvSqrtPi = 0.5641895835477563;       // 1/√π
+constexpr double kNdtriAsymptoticR = 26.0;              // reference/special.py::NDTRI_ASYMPTOTIC_R
+
+namespace detail {
+// Overloads over the C functions: ::exp etc. are __host__ __device__ under nvcc and glibc on the host.
+FB_INLINE double exp_(double x) { return ::exp(x); }
+FB_INLINE float exp_(float x) { return ::expf(x); }
+FB_INLINE double log_(double x) { return ::log(x); }
+FB_INLINE float log_(float x) { return ::logf(x); }
+FB_INLINE double expm1_(double x) { return ::expm1(x); }
+FB_INLINE float expm1_(float x) { return ::expm1f(x); }
+FB_INLINE double log1p_(double x) { return ::log1p(x); }
+FB_INLINE float log1p_(float x) { return ::log1pf(x); }
+FB_INLINE double sqrt_(double x) { return ::sqrt(x); }
+FB_INLINE float sqrt_(float x) { return ::sqrtf(x); }
+
+// torch.clamp semantics: NaN stays NaN (std::min/max would depend on argument order).
+template <typename T>
+FB_INLINE T clamp_max(T x, T hi) { return x > hi ? hi : x; }
+template <typename T>
+FB_INLINE T clamp_min(T x, T lo) { return x < lo ? lo : x; }
+
+// Horner from the highest coefficient down, exactly as reference/special.py::_poly: one rounding per
+// multiply and per add (coefficients rounded to T first, as torch does with a Python scalar).
+template <typename T>
+FB_INLINE T poly8(T x, double c0, double c1, double c2, double c3, double c4, double c5, double c6,
+                  double c7) {
+  T acc = static_cast<T>(c7);
+  acc = acc * x + static_cast<T>(c6);
+  acc = acc * x + static_cast<T>(c5);
+  acc = acc * x + static_cast<T>(c4);
+  acc = acc * x + static_cast<T>(c3);
+  acc = acc * x + static_cast<T>(c2);
+  acc = acc * x + static_cast<T>(c1);
+  acc = acc * x + static_cast<T>(c0);
+  return acc;
+}
+
+// erfcx(u) = exp(u²)·erfc(u) for u >= 1/√2.  Below 5: exp of the exactly split u² (Dekker), so the
+// product is good to a few ulps.  From 5 on: Laplace's continued fraction, 20 levels (exact to the last
+// ulp there; checked against mpmath), which also covers u -> inf without overflow.
+FB_INLINE double erfcx_pos(double u) {
+  if (u < 5.0) {
+    const double hi = u * u;
+    const double lo = ::fma(u, u, -hi);
+    return ::exp(hi) * ::erfc(u) * (1.0 + lo);
+  }
+  double f = u;
+  for (int k = 20; k >= 1; --k) f = u + (0.5 * k) / f;
+  return kInvSqrtPi / f;
+}
+}  // namespace detail
+
+// log(1 - exp(x)) for x <= 0 (Mächler 2012).
+FB_INLINE double log1mexp(double x) {
+  return x > -kLog2 ? ::log(-::expm1(x)) : ::log1p(-::exp(x));
+}
+
+// log Φ(x), finite for every finite x, with torch.special.log_ndtr's structure: log1p(-erfc(t)/2) above
+// x = -1 and log(erfcx(-t)/2) - t² below, t = x/√2.  Keeping the same split and the same rounded t² makes
+// differences of two large log Φ values (e.g. log Z shifted by σ) round like the reference's.
+FB_HOST_DEVICE FB_DEVICE_NOINLINE inline double log_ndtr(double x) {
+  const double t = x * kSqrtHalf;
+  if (x < -1.0) return ::log(detail::erfcx_pos(-t) / 2) - t * t;
+  return ::log1p(-::erfc(t) / 2);
+}
+
+// log(Φ(hi) - Φ(lo)) for lo < hi, mirrored to the side where both CDFs are small.
+FB_INLINE double log_diff_ndtr(double lo, double hi) {
+  const bool mirror = (lo + hi) > 0;
+  const double l_hi = log_ndtr(mirror ? -lo : hi);
+  const double l_lo = log_ndtr(mirror ? -hi : lo);
+  return l_hi + log1mexp(detail::clamp_max(l_lo - l_hi, 0.0));
+}
+
+// Φ⁻¹(exp(logp)): Wichura's AS241 (PPND16) read from log p, plus the Mills-ratio asymptotic beyond
+// r = sqrt(-log p) > 26, step for step as reference/special.py::ndtri_log (float or double).
+template <typename T>
+FB_INLINE T ndtri_log_tail(T r) {
+  using detail::log_;
+  using detail::log1p_;
+  using detail::sqrt_;
+  if (r <= static_cast<T>(5.0)) {
+    const T x = r - static_cast<T>(1.6);
+    return detail::poly8<T>(x, 1.42343711074968357734e0, 4.63033784615654529590e0, 5.76949722146069140550e0,
+                            3.64784832476320460504e0, 1.27045825245236838258e0, 2.41780725177450611770e-1,
+                            2.27238449892691845833e-2, 7.74545014278341407640e-4) /
+           detail::poly8<T>(x, 1.0, 2.05319162663775882187e0, 1.67638483018380384940e0, 6.89767334985100004550e-1,
+                            1.48103976427480074590e-1, 1.51986665636164571966e-2, 5.47593808499534494600e-4,
+                            1.05075007164441684324e-9);
+  }
+  if (r <= static_cast<T>(kNdtriAsymptoticR)) {
+    const T x = r - static_cast<T>(5.0);
+    return detail::poly8<T>(x, 6.65790464350110377720e0, 5.46378491116411436990e0, 1.78482653991729133580e0,
+                            2.96560571828504891230e-1, 2.65321895265761230930e-2, 1.24266094738807843860e-3,
+                            2.71155556874348757815e-5, 2.01033439929228813265e-7) /
+           detail::poly8<T>(x, 1.0, 5.99832206555887937690e-1, 1.36929880922735805310e-1, 1.48753612908506148525e-2,
+                            7.86869131145613259100e-4, 1.84631831751005468180e-5, 1.42151175831644588870e-7,
+                            2.04426310338993978564e-15);
+  }
+  // L = r², solve t² = 2L - log 2π - 2 log t + 2 log(1 - 1/t²) by three fixed-point steps
+  const T rc = detail::clamp_min(r, static_cast<T>(kNdtriAsymptoticR));
+  const T big_l = rc * rc;
+  T t = sqrt_(static_cast<T>(2.0) * big_l);
+  for (int it = 0; it < 3; ++it) {
+    t = sqrt_(static_cast<T>(2.0) * big_l - static_cast<T>(kLog2Pi) - static_cast<T>(2.0) * log_(t) +
+              static_cast<T>(2.0) * log1p_(static_cast<T>(-1.0) / (t * t)));
+  }
+  return t;
+}
+
+template <typename T>
+FB_INLINE T ndtri_log(T logp) {
+  using detail::exp_;
+  using detail::expm1_;
+  using detail::log_;
+  using detail::sqrt_;
+  logp = detail::clamp_max(logp, static_cast<T>(0));
+  const T p = exp_(logp);
+  const T q = p - static_cast<T>(0.5);
+  if ((q < 0 ? -q : q) <= static_cast<T>(0.425)) {
+    const T rr = static_cast<T>(0.180625) - q * q;
+    return q *
+           detail::poly8<T>(rr, 3.3871328727963666080e0, 1.3314166789178437745e2, 1.9715909503065514427e3,
+                            1.3731693765509461125e4, 4.5921953931549871457e4, 6.7265770927008700853e4,
+                            3.3430575583588128105e4, 2.5090809287301226727e3) /
+           detail::poly8<T>(rr, 1.0, 4.2313330701600911252e1, 6.8718700749205790830e2, 5.3941960214247511077e3,
+                            2.1213794301586595867e4, 3.9307895800092710610e4, 2.8729085735721942674e4,
+                            5.2264952788528545610e3);
+  }
+  const bool upper = q > 0;
+  // -log(min(p, 1-p)): the lower tail from logp itself, the upper one via expm1 (never forms 1 - p)
+  const T tiny = sizeof(T) == sizeof(double) ? static_cast<T>(-1e-300) : static_cast<T>(-1e-38);
+  const T neg_log_tail = upper ? -log_(-expm1_(detail::clamp_max(logp, tiny))) : -logp;
+  const T r = sqrt_(detail::clamp_min(neg_log_tail, static_cast<T>(0)));
+  const T t = ndtri_log_tail<T>(r);
+  return upper ? t : -t;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Per-unit statistics of q = LogN_[a,b](μ, σ²) against the LogU[a,b] prior (METHODS.md §0.2–§0.5,
+// §2.3–§2.4), float64 throughout: a line-by-line port of fastbayes/reference/gate_stats.py (read its
+// module docstring for the regimes: interior direct forms, continued-fraction tail forms for s > 5,
+// centred quadrature for a nearly uniform q, anchored log-moments, Δ² by quadrature).  The reference
+// evaluates every branch of each torch.where and selects; here only the selected branch is evaluated,
+// with the same operations in the same order.
+
+constexpr double kTailS = 5.0;      // reference TAIL_S
+constexpr int kCfTerms = 32;        // reference CF_TERMS
+constexpr double kQuadSigma = 0.1;  // reference QUAD_SIGMA
+constexpr double kWideT = 1.0;      // reference WIDE_T
+
+namespace detail {
+// reference GJ_NODES / GJ_WEIGHTS (∫_0^1 (1-ξ) f(ξ) dξ) and GL_NODES / GL_WEIGHTS (Gauss-Legendre, positive
+// half); switches instead of arrays, which device code could not read from host memory
+FB_INLINE double gj_node(int j) {
+  return j == 0 ? 0.057104196114517725 : j == 1 ? 0.2768430136381238 : j == 2 ? 0.5835904323689168
+                                                                               : 0.8602401356562195;
+}
+FB_INLINE double gj_weight(int j) {
+  return j == 0 ? 0.13550691343148852 : j == 1 ? 0.2034645680102711 : j == 2 ? 0.12984754760823233
+                                                                             : 0.031180970950008085;
+}
+FB_INLINE double gl_node(int j) {
+  return j == 0 ? 0.18343464249564978 : j == 1 ? 0.525532409916329 : j == 2 ? 0.7966664774136267
+                                                                           : 0.9602898564975362;
+}
+FB_INLINE double gl_weight(int j) {
+  return j == 0 ? 0.36268378337836166 : j == 1 ? 0.3137066458778869 : j == 2 ? 0.22238103445337443
+                                                                            : 0.10122853629037706;
+}
+FB_INLINE double sq(double x) { return x * x; }
+}  // namespace detail
+
+// (C1(x), h2(x)) for x >= TAIL_S (smaller x is clamped): C1 = 1/R(x) - x by the Laplace continued fraction.
+struct MillsCf {
+  double c1, h2;
+};
+FB_HOST_DEVICE FB_DEVICE_NOINLINE inline MillsCf mills_cf(double x) {
+  x = detail::clamp_min(x, kTailS);
+  double h = 0.0;
+  for (int k = kCfTerms; k > 1; --k) h = 1.0 / (x + static_cast<double>(k + 1) * h);
+  return {1.0 / (x + 2.0 * h), h};
+}
+
+// Continued-fraction pieces of the window [s, s+T] (reference TailPieces).
+struct TailPieces {
+  double c_s, h_s, c_t, h_t, g_s, g_t, nu, log_rho, one_m_rho, log_d;
+};
+FB_HOST_DEVICE FB_DEVICE_NOINLINE inline TailPieces tail_pieces(double s, double T) {
+  s = detail::clamp_min(s, kTailS);
+  const double t = s + T;
+  const MillsCf ms = mills_cf(s), mt = mills_cf(t);
+  TailPieces p;
+  p.c_s = ms.c1;
+  p.h_s = ms.h2;
+  p.c_t = mt.c1;
+  p.h_t = mt.h2;
+  p.g_s = s + p.c_s;
+  p.g_t = t + p.c_t;
+  p.nu = T + (p.c_t - p.c_s);
+  p.log_rho = -T * (s + 0.5 * T) - ::log1p(p.nu / p.g_s);
+  p.one_m_rho = -::expm1(p.log_rho);
+  p.log_d = ::log(p.one_m_rho) - ::log(p.g_s);
+  return p;
+}
+
+// log(Φ(hi) - Φ(lo)) split as L - [tail]·(s²/2 + ½log 2π); T = hi - lo passed exactly.  `p` is filled
+// in a tail only (the reference's values elsewhere are never selected).
+struct LogZ {
+  bool tail, flip;
+  double s, L;
+  TailPieces p;
+};
+FB_HOST_DEVICE FB_DEVICE_NOINLINE inline LogZ log_z_parts(double lo, double hi, double T) {
+  LogZ z;
+  z.flip = (lo + hi) < 0;
+  z.s = z.flip ? -hi : lo;
+  z.tail = z.s > kTailS;
+  if (z.tail) {
+    z.p = tail_pieces(z.s, T);
+    z.L = z.p.log_d;
+  } else {
+    z.p = TailPieces{};
+    z.L = log_diff_ndtr(lo, hi);
+  }
+  return z;
+}
+
+FB_INLINE double log_z_value(const LogZ& z) {
+  return z.tail ? z.L - 0.5 * z.s * z.s - kHalfLog2Pi : z.L;
+}
+
+// log Z1 - log Z0 for two windows of the same N(μ, σ²); c1, c0 the x-space anchors (a/b ends).
+FB_INLINE double log_z_diff(const LogZ& z1, double c1, const LogZ& z0, double c0, double mu, double sigma) {
+  if (z1.tail && z0.tail && z1.flip == z0.flip) {
+    const double both = -(c1 - c0) * (c1 + c0 - 2.0 * mu) / (2.0 * sigma * sigma);
+    return both + z1.L - z0.L;
+  }
+  return log_z_value(z1) - log_z_value(z0);
+}
+
+// Variance of N(0, 1) truncated to [lo, hi], T = hi - lo (reference tn_var).
+FB_HOST_DEVICE FB_DEVICE_NOINLINE inline double tn_var(double lo, double hi, double T) {
+  const LogZ z = log_z_parts(lo, hi, T);
+  if (!z.tail) {
+    const double ga = ::exp(-0.5 * lo * lo - kHalfLog2Pi - z.L);
+    const double gb = ::exp(-0.5 * hi * hi - kHalfLog2Pi - z.L);
+    return 1.0 + lo * ga - hi * gb - detail::sq(ga - gb);
+  }
+  const TailPieces& p = z.p;
+  const double rho = ::exp(p.log_rho);
+  const double e = ::exp(-T * (detail::clamp_min(z.s, kTailS) + 0.5 * T));
+  const double dlt = rho * p.nu / p.one_m_rho;
+  const double v1 = p.c_s * (2.0 * p.h_s - p.c_s);
+  const double third = p.g_s * e * (T * T + (p.c_s - p.c_t) * (p.g_s - T)) / (p.one_m_rho * p.g_t);
+  return v1 + dlt * (p.c_s - dlt) - third;
+}
+
+// log E[θ^k] with the anchors of both windows folded in analytically (reference _log_moment).
+FB_INLINE double log_moment(double mu, double sigma, double a, double b, double al, double be, double T,
+                            const LogZ& z0, int k) {
+  const double kd = static_cast<double>(k);
+  const LogZ z1 = log_z_parts(al - kd * sigma, be - kd * sigma, T);
+  const bool lo0 = z0.tail && !z0.flip;
+  const bool up1 = z1.tail && z1.flip;
+  double pre;
+  if (lo0 && z1.tail && !z1.flip) {
+    pre = kd * a;
+  } else if (z0.tail && z0.flip) {
+    pre = kd * b;
+  } else if (lo0 && up1) {
+    pre = kd * b - 0.5 * T * (al + be);
+  } else if (lo0 && !z1.tail) {
+    pre = kd * a + 0.5 * detail::sq(al - kd * sigma) + kHalfLog2Pi;
+  } else if (!z0.tail && up1) {
+    pre = kd * b - 0.5 * be * be - kHalfLog2Pi;
+  } else {
+    pre = kd * mu + 0.5 * kd * kd * sigma * sigma;
+  }
+  return pre + z1.L - z0.L;
+}
+
+// Δ² = log E[θ²] - 2 log E[θ] = log(1 + 1/SNR²); by quadrature of the truncated variance where the
+// difference cancels (σ < QUAD_SIGMA·max(1, s)), the 8 nodes summed in the reference's order.
+FB_INLINE double delta2(double sigma, double al, double be, double T, const LogZ& z0, double lm1, double lm2) {
+  if (!(sigma < kQuadSigma * detail::clamp_min(z0.s, 1.0))) return lm2 - 2.0 * lm1;
+  double acc = 0.0;
+  for (int j = 0; j < 8; ++j) {
+    const double x = detail::gj_node(j & 3);
+    const double w = sigma * (j < 4 ? 1.0 - x : 1.0 + x);
+    acc += detail::gj_weight(j & 3) * tn_var(al - w, be - w, T);
+  }
+  return sigma * sigma * acc;
+}
+
+// KL to the uniform window and its gradients when q is close to uniform on it (reference _kl_wide).
+struct KlGrad {
+  double kl, dmu, dls;
+};
+FB_HOST_DEVICE FB_DEVICE_NOINLINE inline KlGrad kl_wide(double al, double be, double T, double sigma) {
+  const double m = 0.5 * (al + be);
+  double tau[8], w[8], g[8], e[8];
+  for (int j = 0; j < 8; ++j) {  // nodes +x0, -x0, +x1, -x1, ...
+    const double sgn = (j & 1) ? -1.0 : 1.0;
+    tau[j] = sgn * detail::gl_node(j >> 1) * 0.5 * T;
+    w[j] = 0.5 * detail::gl_weight(j >> 1);
+    g[j] = -(m * tau[j] + 0.5 * (tau[j] * tau[j] - T * T / 12.0));
+    e[j] = ::expm1(g[j]);
+  }
+  double ee = 0.0, eg = 0.0;
+  for (int j = 0; j < 8; ++j) ee += w[j] * e[j];                   // E_U[e^g] - 1
+  for (int j = 0; j < 8; ++j) eg += w[j] * g[j] * (1.0 + e[j]);    // E_U[g e^g]
+  KlGrad r;
+  r.kl = eg / (1.0 + ee) - ::log1p(ee);
+  double p[8], h[8], m1 = 0.0, m2 = 0.0;
+  for (int j = 0; j < 8; ++j) {
+    p[j] = w[j] * (1.0 + e[j]) / (1.0 + ee);
+    h[j] = tau[j] * (2.0 * m + tau[j]);  // ε² - m²
+  }
+  for (int j = 0; j < 8; ++j) m1 += p[j] * tau[j];
+  for (int j = 0; j < 8; ++j) m2 += p[j] * h[j];
+  double cov = 0.0, var2 = 0.0;
+  for (int j = 0; j < 8; ++j) cov += p[j] * (tau[j] - m1) * (h[j] - m2);
+  for (int j = 0; j < 8; ++j) var2 += p[j] * detail::sq(h[j] - m2);
+  r.dmu = -cov / (2.0 * sigma);
+  r.dls = -0.5 * var2;
+  return r;
+}
+
+// KL and its gradients in every regime (reference _kl_parts; σ = exp(log σ) already taken).
+FB_HOST_DEVICE FB_DEVICE_NOINLINE inline KlGrad kl_parts(double mu, double sigma, double a, double b) {
+  const double al = (a - mu) / sigma, be = (b - mu) / sigma, T = (b - a) / sigma;
+  const LogZ z = log_z_parts(al, be, T);
+  const double log_bma = ::log(b - a);
+  KlGrad r;
+  if (z.tail) {  // continued-fraction forms
+    const TailPieces& p = z.p;
+    const double s = detail::clamp_min(z.s, kTailS);
+    const double t = s + T;
+    const double x2 = T * (s + t);
+    const double e = ::exp(-0.5 * x2);
+    const double rho = ::exp(p.log_rho);
+    const double q_s = 2.0 * p.c_s * p.h_s, q_t = 2.0 * p.c_t * p.h_t;
+    const double dq = q_s - rho * q_t;
+    const double g = (dq + rho * x2) / p.one_m_rho;
+    r.kl = log_bma - ::log(sigma) - 1.0 - p.log_d + 0.5 * g;
+    const double amp = p.g_s / p.one_m_rho;  // φ(s)/Z
+    const double h_mu = ((1.0 - e) * dq - e * (p.nu / p.g_t) * x2) / p.one_m_rho;
+    const double h_sig = ((s - t * e) * dq - e * x2 * (x2 + q_s - q_t) / p.g_t) / p.one_m_rho;
+    const double sgn = z.flip ? -1.0 : 1.0;
+    r.dmu = -sgn * amp * h_mu / (2.0 * sigma);
+    r.dls = -1.0 - 0.5 * amp * h_sig;
+    return r;
+  }
+  if (T < kWideT && ::fabs(al + be) * T < 2.0 * kWideT) return kl_wide(al, be, T, sigma);
+  // interior: METHODS §0.2 / §0.4 direct forms
+  const double pa = ::exp(-0.5 * al * al - kHalfLog2Pi - z.L);
+  const double pb = ::exp(-0.5 * be * be - kHalfLog2Pi - z.L);
+  const double nz = al * pa - be * pb;
+  r.kl = log_bma - ::log(sigma) - z.L - kHalfLog2PiE - 0.5 * nz;
+  const double dz_mu = (pa - pb) / sigma;                                  // (∂Z/∂μ)/Z
+  const double dn_mu = (pb * (1 - be * be) - pa * (1 - al * al)) / sigma;  // (∂N/∂μ)/Z
+  r.dmu = -dz_mu - 0.5 * (dn_mu - nz * dz_mu);
+  const double dn_ls = be * pb * (1 - be * be) - al * pa * (1 - al * al);  // σ(∂N/∂σ)/Z
+  r.dls = -1.0 - nz - 0.5 * (dn_ls - nz * nz);
+  return r;
+}
+
+struct GateStats {
+  double kl, mean, snr;
+};
+
+FB_INLINE GateStats gate_stats(double mu, double log_sigma, double a, double b) {
+  const double sigma = ::exp(log_sigma);
+  GateStats st;
+  st.kl = kl_parts(mu, sigma, a, b).kl;
+  const double al = (a - mu) / sigma, be = (b - mu) / sigma, T = (b - a) / sigma;
+  const LogZ z0 = log_z_parts(al, be, T);
+  const double lm1 = log_moment(mu, sigma, a, b, al, be, T, z0, 1);
+  const double lm2 = log_moment(mu, sigma, a, b, al, be, T, z0, 2);
+  const double d2 = delta2(sigma, al, be, T, z0, lm1, lm2);
+  st.mean = ::exp(lm1);
+  st.snr = 1.0 / ::sqrt(::expm1(detail::clamp_min(d2, 0.0)));
+  return st;
+}
+
+struct GateGrad {
+  double dmu, dlog_sigma;
+};
+
+// (∂L/∂μ, ∂L/∂log σ) from ∂L/∂KL.
+FB_INLINE GateGrad gate_stats_backward(double grad_kl, double mu, double log_sigma, double a, double b) {
+  const KlGrad r = kl_parts(mu, ::exp(log_sigma), a, b);
+  return {grad_kl * r.dmu, grad_kl * r.dls};
+}
+
+// ΔF for a TruncatedLogNormal(reduced_loc, reduced_scale) reduced prior (BMRS_N), every log Z split at its
+// anchor and the quadratics combined exactly (reference delta_f_n); code_offset adds the +½log 2π of the
+// released BMRS code.
+FB_INLINE double delta_f_n(double mu, double log_sigma, double a, double b, double reduced_loc,
+                           double reduced_scale, bool code_offset) {
+  using detail::sq;
+  const double sigma = ::exp(log_sigma);
+  const double mp = reduced_loc, sp = reduced_scale;
+  const double sp2 = sp * sp, s2 = sigma * sigma;
+  const double tot = s2 + sp2;
+  const double sqq = sigma * sp / ::sqrt(tot);  // σ̃q
+  const LogZ zq = log_z_parts((a - mu) / sigma, (b - mu) / sigma, (b - a) / sigma);
+  const LogZ zr = log_z_parts(((a - mu) * sp2 + (a - mp) * s2) / (tot * sqq),
+                              ((b - mu) * sp2 + (b - mp) * s2) / (tot * sqq), (b - a) / sqq);
+  const LogZ zp = log_z_parts((a - mp) / sp, (b - mp) / sp, (b - a) / sp);
+  const double cq = zq.flip ? b : a, cr = zr.flip ? b : a, cp = zp.flip ? b : a;
+  double qq;
+  if (zr.tail) {
+    const double part_q = (zq.tail ? (cq - cr) * (cq + cr - 2.0 * mu) : -sq(cr - mu)) / (2.0 * s2);
+    const double part_p = (zp.tail ? (cp - cr) * (cp + cr - 2.0 * mp) : -sq(cr - mp)) / (2.0 * sp2);
+    qq = part_q + part_p;
+  } else {
+    const double qq_q = zq.tail ? sq(cq - mu) * sp2 / (2.0 * s2 * tot) - (cq - mp) * (2.0 * mu - cq - mp) / (2.0 * tot)
+                                : -sq(mu - mp) / (2.0 * tot);
+    qq = qq_q + (zp.tail ? sq(cp - mp) / (2.0 * sp2) : 0.0);
+  }
+  const double n_tail = (static_cast<double>(zq.tail) + static_cast<double>(zp.tail)) - static_cast<double>(zr.tail);
+  const double df = ::log(b - a) - 0.5 * ::log(2.0 * 3.141592653589793 * tot) + (zr.L - zq.L - zp.L) +
+                    kHalfLog2Pi * n_tail + qq;
+  return code_offset ? df + kHalfLog2Pi : df;
+}
+
+// ΔF for a LogUniform(a2, b2) reduced prior, a <= a2 < b2 <= b (BMRS_U): a log Z difference with the
+// anchors folded.
+FB_INLINE double delta_f_u(double mu, double log_sigma, double a, double b, double a2, double b2) {
+  const double sigma = ::exp(log_sigma);
+  const LogZ z2 = log_z_parts((a2 - mu) / sigma, (b2 - mu) / sigma, (b2 - a2) / sigma);
+  const LogZ z0 = log_z_parts((a - mu) / sigma, (b - mu) / sigma, (b - a) / sigma);
+  const double c2 = z2.flip ? b2 : a2, c0 = z0.flip ? b : a;
+  return log_z_diff(z2, c2, z0, c0, mu, sigma) - ::log((b2 - a2) / (b - a));
+}
+
+}  // namespace fastbayes
