@@ -3,7 +3,9 @@
 Importing this package only imports triton and defines the jit functions; nothing is compiled until a
 kernel is launched.  Set ``TRITON_INTERPRET=1`` before the import to run the kernels on CPU tensors.
 """
+from .bernoulli import bernoulli_gate, bernoulli_gate_backward, scale_mixture_prior, scale_mixture_prior_backward
 from .gate_stats import gate_stats, gate_stats_backward
 from .lognormal import lognormal_noise, lognormal_noise_backward
 
-__all__ = ["gate_stats", "gate_stats_backward", "lognormal_noise", "lognormal_noise_backward"]
+__all__ = ["bernoulli_gate", "bernoulli_gate_backward", "gate_stats", "gate_stats_backward", "lognormal_noise",
+           "lognormal_noise_backward", "scale_mixture_prior", "scale_mixture_prior_backward"]

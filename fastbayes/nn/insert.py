@@ -299,7 +299,8 @@ def add_gates(model: nn.Module, kind: str = "lognormal", *, layers: Iterable[str
     """Put gates on the output units of layers of ``model`` (in place); returns {name of first site: gate}.
 
     Args:
-        kind: "lognormal" (SBP / BMRS noise).
+        kind: "lognormal" (SBP / BMRS noise) or "bernoulli" (Bernoulli unit gates with a scale-mixture prior,
+            σ1² = 2/fan_in per layer; see ``fastbayes.nn.bernoulli.attach``).
         layers: names of Conv/Linear modules to gate, or a predicate ``(name, module) -> bool``; default: every
             Conv/Linear except the final classifier.  Coupled: a group is gated if one of its layers is listed
             (by default: if none of its layers is the classifier).
@@ -315,8 +316,12 @@ def add_gates(model: nn.Module, kind: str = "lognormal", *, layers: Iterable[str
 
     Calling it again returns the existing gates and adds none (idempotent).
     """
+    if kind == "bernoulli":   # lazy: nn/bernoulli.py imports this module
+        from .bernoulli import attach
+        return attach(model, layers, exclude=exclude, placement=placement or "output", kl_weight=kl_weight,
+                      **gate_options)
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {tuple(KINDS)}, got {kind!r}")
+        raise ValueError(f"kind must be one of {(*KINDS, 'bernoulli')}, got {kind!r}")
     if placement not in (None, "output", "bn"):
         raise ValueError(f"placement must be 'output' or 'bn', got {placement!r}")
     modules = dict(model.named_modules())

@@ -15,10 +15,15 @@ import torch
 from .. import backends
 
 _REFERENCE_MODULE = {
+    "bernoulli_gate": "bernoulli",
+    "bernoulli_gate_backward": "bernoulli",
     "gate_stats": "gate_stats",
     "gate_stats_backward": "gate_stats",
     "lognormal_noise": "lognormal",
     "lognormal_noise_backward": "lognormal",
+    "svgd_kernel_matrix": "svgd", "svgd_apply": "svgd",
+    "scale_mixture_prior": "bernoulli",
+    "scale_mixture_prior_backward": "bernoulli",
 }
 
 

@@ -1,0 +1,398 @@
+"""Bernoulli unit gates with a spike-and-slab Gaussian scale-mixture prior, after Guenter & Sideris (METHODS.md §3.2).
+
+Only the abstracts of Guenter & Sideris (arXiv 2205.04650, 2406.04549, 2411.09127) could be read and no code is
+public, so this is fastbayes's own design built to satisfy what they state, not a reproduction:
+
+* every unit i (neuron or channel) is multiplied by ξ_i ~ Bern(θ_i), drawn per example (``ops.bernoulli_gate``);
+  θ_i is a Parameter kept in [0, 1] by projection after every optimiser step (projected SGD);
+* the weights w_i feeding unit i (its row of the gated Linear/Conv weight, plus its bias) are point estimates with
+  the prior p(w_i | ξ_i) = N(0, σ1² I) (slab, ξ_i = 1) or N(0, σ0² I) (spike, ξ_i = 0);
+* the gate prior Bern(π_i) gets a flat hyper-prior and π_i its type-II optimum θ_i, so KL(q(ξ_i) ‖ p(ξ_i)) = 0 and the
+  objective  E_q[−log p(D | W, ξ)] + Σ_i [θ_i·c1(w_i) + (1 − θ_i)·c0(w_i)]  is affine in each θ_i: its minima over
+  [0, 1]ⁿ are vertices, so the gates end at exactly 0 or 1 and the final network is deterministic.
+
+Defaults (documented choices, not from the papers): σ1² = 2/fan_in of the gated layer (He initialisation's variance,
+set by ``attach`` or, failing that, on the first ``prior_loss``), σ0 = 1e-2·σ1, θ initialised to 0.9.
+
+What the defaults do (measured on the toy teacher of tests/test_bernoulli.py, Adam lr 2e-2): at initial-scale
+weights c0 − c1 ≈ ‖w‖²/(2σ0²) is thousands of nats, so every θ runs to 1 within a few steps and a unit is dropped
+only after its weights decay below ~3σ0 RMS (after 2000 steps 1 of 16 units was at 0).  θ initialised to 0.5 (the
+spike's weight decay (1 − θ)/σ0² then shrinks idle units first) separated the gates into exactly 0 or 1 within ~1000
+steps, and σ0 = 0.1·σ1 with θ init 0.5 within 100 to 800 steps (6 seeds).  A unit is worth keeping when it lowers
+the data term by more than about k·log(σ1/σ0) nats (k incoming weights), so σ0/σ1 sets the size of the kept network.
+
+Training loop::
+
+    gates = fastbayes.nn.bernoulli.attach(model)                   # or fastbayes.add_gates(model, kind="bernoulli")
+    fastbayes.nn.bernoulli.attach_projection(optimizer, model)     # θ clipped to [0, 1] after every step
+    for x, y in loader:
+        loss = F.cross_entropy(model(x), y) + fastbayes.nn.bernoulli.prior_loss(model) / n_train
+        optimizer.zero_grad(); loss.backward(); optimizer.step()
+        # without attach_projection, the one line:  fastbayes.nn.bernoulli.project_gates(model)
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Iterable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..ops import bernoulli as ops   # the module itself: works before fastbayes.ops re-exports it
+from .insert import GATE_ATTR, _apply_gate, _following_bn, _units, default_layers, gates
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd)
+
+
+def _positive(name: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(float(v)) and float(v) > 0):
+        raise ValueError(f"{name} must be a finite positive number, got {v!r}")
+    return float(v)
+
+
+class BernoulliGate(nn.Module):
+    """y = x · ξ, ξ ~ Bern(θ) per example and unit along ``dim``, with a spike-and-slab prior on the unit's weights.
+
+    Parameter ``theta`` (one keep probability per unit, in [0, 1] after ``project_()``); bool buffers ``mask``
+    (False: unit pruned, ξ = 0 and no θ gradient) and ``frozen`` (True: θ held at exactly 1, ξ = 1, no θ gradient);
+    float buffers ``log_var1`` = log σ1² and ``log_var0`` = log σ0² of the prior (NaN until set, see
+    ``set_prior_scale``).  In eval mode ξ = 1[θ ≥ ½]·mask and nothing is drawn.
+
+    Args:
+        num_features: number of units (channels or neurons).
+        dim: unit axis of the input (1 for NCHW, -1 for [B, T, C]).
+        init_theta: initial keep probability, in [0, 1] (default 0.9).
+        sigma1: slab standard deviation σ1; None: 2/fan_in of the gated layer, set by ``attach`` or ``prior_loss``.
+        sigma0_ratio: spike-to-slab ratio σ0/σ1 (default 1e-2), in (0, 1).
+        kl_weight: multiplier of this gate's prior in ``prior_loss`` (the name ``add_gates`` passes for every kind).
+    """
+
+    def __init__(self, num_features: int, dim: int = 1, init_theta: float = 0.9, sigma1: Optional[float] = None,
+                 sigma0_ratio: float = 1e-2, kl_weight: float = 1.0):
+        super().__init__()
+        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
+            raise ValueError(f"num_features must be a positive integer, got {num_features!r}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim == 0:
+            raise ValueError(f"dim must be a non-zero integer (axis 0 holds the examples), got {dim!r}")
+        if isinstance(init_theta, bool) or not isinstance(init_theta, (int, float)) or not 0.0 <= init_theta <= 1.0:
+            raise ValueError(f"init_theta must be a number in [0, 1], got {init_theta!r}")
+        ratio = _positive("sigma0_ratio", sigma0_ratio)
+        if not ratio < 1.0:
+            raise ValueError(f"sigma0_ratio must be below 1 (the spike is narrower than the slab), got {ratio}")
+        if isinstance(kl_weight, bool) or not isinstance(kl_weight, (int, float)) or not float(kl_weight) >= 0:
+            raise ValueError(f"kl_weight must be a non-negative number, got {kl_weight!r}")
+        self.dim, self.sigma0_ratio, self.kl_weight = dim, ratio, float(kl_weight)
+        self.theta = nn.Parameter(torch.full((num_features,), float(init_theta)))
+        self.register_buffer("mask", torch.ones(num_features, dtype=torch.bool))
+        self.register_buffer("frozen", torch.zeros(num_features, dtype=torch.bool))
+        self.register_buffer("log_var1", torch.tensor(math.nan))
+        self.register_buffer("log_var0", torch.tensor(math.nan))
+        self._scale_known = False   # host-side cache of "log_var1 is set" (avoids a device sync per step)
+        self._forced: Optional[tuple[torch.Tensor, float]] = None
+        if sigma1 is not None:
+            self.set_prior_scale(sigma1)
+
+    @property
+    def num_features(self) -> int:
+        return self.theta.numel()
+
+    def set_prior_scale(self, sigma1: float) -> None:
+        """σ1 = ``sigma1`` (slab) and σ0 = sigma0_ratio·σ1 (spike)."""
+        s1 = _positive("sigma1", sigma1)
+        with torch.no_grad():
+            self.log_var1.fill_(2.0 * math.log(s1))
+            self.log_var0.fill_(2.0 * math.log(s1 * self.sigma0_ratio))
+        self._scale_known = True
+
+    def prior_scale_set(self) -> bool:
+        if not self._scale_known:
+            self._scale_known = not math.isnan(float(self.log_var1))
+        return self._scale_known
+
+    def effective_theta(self) -> torch.Tensor:
+        """θ with frozen units at exactly 1 (they get no θ gradient), and an ``exact_theta_grad`` override."""
+        th = torch.where(self.frozen, torch.ones_like(self.theta), self.theta)
+        if self._forced is not None:
+            idx, value = self._forced
+            th = th.index_fill(0, idx, value)
+        return th
+
+    def effective_mask(self) -> torch.Tensor:
+        if self._forced is not None and self._forced[1] == 1.0:
+            return self.mask.index_fill(0, self._forced[0], True)
+        return self.mask
+
+    @contextlib.contextmanager
+    def forced(self, units, value: float):
+        """Within the block, ξ of ``units`` (int or index tensor) is ``value`` (0 or 1) for every example."""
+        if value not in (0.0, 1.0):
+            raise ValueError(f"value must be 0 or 1, got {value!r}")
+        idx = torch.as_tensor(units, dtype=torch.long, device=self.theta.device).reshape(-1)
+        prev, self._forced = self._forced, (idx, float(value))
+        try:
+            yield self
+        finally:
+            self._forced = prev
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 1:            # an unbatched Linear output: a single example
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        return ops.bernoulli_gate(x, self.effective_theta(), dim=self.dim, mask=self.effective_mask(),
+                                  training=self.training)
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Projected SGD: clip θ into [0, 1] (NaN to 0, so a diverged unit is dropped) and hold frozen units at 1."""
+        self.theta.nan_to_num_(nan=0.0).clamp_(0.0, 1.0)
+        self.theta.masked_fill_(self.frozen, 1.0)
+
+    @torch.no_grad()
+    def freeze_(self, eps: float = 1e-3) -> int:
+        """Freeze every kept unit with θ ≥ 1 − eps at θ = 1; returns how many were newly frozen."""
+        if not 0.0 < float(eps) < 0.5:
+            raise ValueError(f"eps must be in (0, 0.5), got {eps!r}")
+        new = (self.theta >= 1.0 - float(eps)) & self.mask & ~self.frozen
+        self.frozen |= new
+        self.theta.masked_fill_(self.frozen, 1.0)
+        return int(new.sum())
+
+    def deterministic(self) -> torch.Tensor:
+        """Per unit: True where ξ is no longer random (pruned, frozen, or θ exactly 0 or 1)."""
+        th = self.theta.detach()
+        return ~self.mask | self.frozen | (th == 0) | (th == 1)
+
+    def extra_repr(self) -> str:
+        kept, frozen = int(self.mask.sum()), int(self.frozen.sum())
+        return (f"{self.num_features}, kept={kept}, frozen={frozen}, dim={self.dim}, "
+                f"sigma0_ratio={self.sigma0_ratio}, kl_weight={self.kl_weight}")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the weights feeding each unit
+
+def _rows(layer: nn.Module) -> torch.Tensor:
+    """The weight as [units, fan_in]: one row of incoming weights per output unit."""
+    w = layer.weight
+    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+        if layer.groups != 1:
+            raise ValueError(f"cannot attach a prior to a grouped {type(layer).__name__} (groups={layer.groups})")
+        w = w.transpose(0, 1)
+    return w.reshape(w.shape[0], -1)
+
+
+def _sources(model: nn.Module) -> dict[str, tuple[BernoulliGate, nn.Module]]:
+    """{gated module name: (gate, the Linear/Conv whose weights feed its units)}.  A gate on a BatchNorm (placement
+    "bn") takes the Linear/Conv that runs right before that BatchNorm in module order."""
+    mods = dict(model.named_modules())
+    out: dict[str, tuple[BernoulliGate, nn.Module]] = {}
+    leaves = None
+    for name, gate in gates(model).items():
+        if not isinstance(gate, BernoulliGate):
+            continue
+        mod = mods[name]
+        if isinstance(mod, _WEIGHTED):
+            out[name] = (gate, mod)
+            continue
+        if isinstance(mod, _BN):
+            if leaves is None:
+                # leaves in module order, a gate child not counting as a child
+                leaves = [(n, m) for n, m in model.named_modules() if n.rsplit(".", 1)[-1] != GATE_ATTR
+                          and all(cn == GATE_ATTR for cn, _ in m.named_children())]
+            pos = next(i for i, (n, _) in enumerate(leaves) if n == name)
+            prev = leaves[pos - 1][1] if pos > 0 else None
+            if isinstance(prev, _WEIGHTED) and _rows(prev).shape[0] == gate.num_features:
+                out[name] = (gate, prev)
+                continue
+        raise ValueError(f"cannot find the weights feeding the units of the gate on {name!r} "
+                         f"({type(mod).__name__}): gate a Linear/Conv, or a BatchNorm right after one")
+    return out
+
+
+def _fan_in(layer: nn.Module) -> int:
+    return _rows(layer).shape[1]
+
+
+def bernoulli_gates(model: nn.Module) -> dict[str, BernoulliGate]:
+    """{name of the gated module: gate} for every BernoulliGate in ``model``."""
+    return {n: g for n, g in gates(model).items() if isinstance(g, BernoulliGate)}
+
+
+def prior_loss(model: nn.Module) -> torch.Tensor:
+    """Σ over every BernoulliGate of kl_weight · Σ_units [θ·c1(w) + (1 − θ)·c0(w)], in ONE ``scale_mixture_prior``.
+
+    The analogue of ``fastbayes.kl_loss`` for Bernoulli gates: add ``prior_loss(model) / n_train`` to the mean task
+    loss (the per-example ELBO).  w are the incoming weights of each unit (its row of the gated Linear/Conv weight and
+    its bias entry); pruned units (mask False) contribute nothing, frozen ones their slab term c1 with no θ gradient.
+    A gate whose σ1 was never set gets σ1² = 2/fan_in of its layer here.
+    """
+    found = _sources(model)
+    if not found:
+        raise ValueError("model has no BernoulliGate: call fastbayes.nn.bernoulli.attach(model) first")
+    th, sq, kk, lv0, lv1, wt = [], [], [], [], [], []
+    for gate, layer in found.values():
+        rows = _rows(layer)
+        if rows.shape[0] != gate.num_features:
+            raise ValueError(f"a gate has {gate.num_features} units but its layer {type(layer).__name__} has "
+                             f"{rows.shape[0]} output units")
+        if not gate.prior_scale_set():
+            gate.set_prior_scale(math.sqrt(2.0 / rows.shape[1]))
+        t = gate.effective_theta()
+        s = rows.pow(2).sum(1)
+        k = rows.shape[1]
+        if getattr(layer, "bias", None) is not None:
+            s = s + layer.bias.pow(2)
+            k += 1
+        c = gate.num_features
+        th.append(t)
+        sq.append(s.to(t.dtype))
+        kk.append(torch.full((c,), float(k), dtype=t.dtype, device=t.device))
+        lv0.append(gate.log_var0.to(t.dtype).expand(c))
+        lv1.append(gate.log_var1.to(t.dtype).expand(c))
+        wt.append(gate.mask.to(t.dtype) * gate.kl_weight)
+    cost = ops.scale_mixture_prior(torch.cat(th), torch.cat(sq), torch.cat(kk), torch.cat(lv0), torch.cat(lv1))
+    return (cost * torch.cat(wt)).sum()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# projection
+
+def project_gates(model: nn.Module) -> int:
+    """Clip θ of every BernoulliGate of ``model`` into [0, 1] (call right after ``optimizer.step()``); returns the
+    number of gates."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, BernoulliGate):
+            m.project_()
+            n += 1
+    return n
+
+
+def attach_projection(optimizer: torch.optim.Optimizer, model: nn.Module):
+    """Run ``project_gates(model)`` after every ``optimizer.step()`` (``register_step_post_hook``); returns the hook
+    handle (``.remove()`` detaches it)."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    return optimizer.register_step_post_hook(lambda opt, args, kwargs: project_gates(model))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# insertion
+
+def attach(model: nn.Module, layers: Iterable[str] | Callable | None = None, *, exclude: Iterable[str] = (),
+           placement: str = "output", kl_weight: float | dict[str, float] | Callable[[str], float] = 1.0,
+           **gate_options) -> dict[str, BernoulliGate]:
+    """Put a BernoulliGate on the output units of layers of ``model`` (in place); returns {name: gate}.
+
+    The mechanism of ``fastbayes.add_gates`` (a child ``fastbayes_gate`` applied by a forward hook; same ``layers``,
+    ``exclude``, ``placement`` and ``kl_weight`` arguments), plus the prior's default scale: unless ``sigma1`` is
+    given, σ1² = 2/fan_in of the layer whose weights feed the units.  ``gate_options`` go to ``BernoulliGate``
+    (init_theta, sigma1, sigma0_ratio).  Calling it again returns the existing gates and adds none.
+    """
+    if placement not in ("output", "bn"):
+        raise ValueError(f"placement must be 'output' or 'bn', got {placement!r}")
+    modules = dict(model.named_modules())
+    if layers is None:
+        names = default_layers(model)
+    elif callable(layers):
+        names = [n for n, m in modules.items() if isinstance(m, _WEIGHTED) and layers(n, m)]
+    else:
+        names = list(layers)
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise ValueError(f"layers names not found in the model: {missing}")
+    excluded = set(exclude)
+    unknown = excluded - set(modules)
+    if unknown:
+        raise ValueError(f"exclude names not found in the model: {sorted(unknown)}")
+    existing = gates(model)
+    out: dict[str, BernoulliGate] = {}
+    for name in names:
+        if name in excluded:
+            continue
+        units, dim = _units(modules[name])
+        target = name
+        if placement == "bn":
+            target = _following_bn(model, name, units) or name
+            units, dim = _units(modules[target])
+        if target in existing:
+            if not isinstance(existing[target], BernoulliGate):
+                raise ValueError(f"{target!r} already has a {type(existing[target]).__name__}")
+            out[target] = existing[target]
+            continue
+        if isinstance(kl_weight, dict):
+            w = kl_weight.get(name, 1.0)
+        elif callable(kl_weight):
+            w = kl_weight(name)
+        else:
+            w = kl_weight
+        mod = modules[target]
+        gate = BernoulliGate(units, dim=dim, kl_weight=w, **gate_options)
+        if gate_options.get("sigma1") is None and isinstance(modules[name], _WEIGHTED):
+            gate.set_prior_scale(math.sqrt(2.0 / _fan_in(modules[name])))
+        ref = next(iter(mod.parameters()), None)
+        if ref is not None:
+            gate = gate.to(device=ref.device)
+        mod.add_module(GATE_ATTR, gate)
+        mod.register_forward_hook(_apply_gate)
+        out[target] = gate
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the exact two-pass estimator
+
+def exact_theta_grad(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor], gate: BernoulliGate,
+                     units: Optional[Sequence[int] | torch.Tensor] = None) -> torch.Tensor:
+    """ℓ(ξ_i = 1) − ℓ(ξ_i = 0) for each unit i in ``units`` of ``gate``: the exact data gradient ∂E_q[ℓ]/∂θ_i.
+
+    Each unit costs two evaluations of ``loss_fn(model)`` (called with no arguments but the model, under no_grad):
+    one with ξ_i forced to 1 and one forced to 0 for every example, every other gate drawing the same ξ in both (the
+    RNG state of torch's default generators is restored before each evaluation, so ``seed=None`` draws repeat; torch's
+    RNG is left as it was).  A single call is an unbiased one-sample estimate of E[ℓ(ξ_i=1) − ℓ(ξ_i=0)], which the
+    fused straight-through gradient Σ g·x only approximates to first order (bias (θ_i − ½)·∂²ℓ/∂ξ_i²,
+    ``fastbayes/reference/bernoulli.py``).
+
+    When to use it: for a handful of gates whose removal changes the loss far from linearly, such as layer gates, the
+    last few units of a layer, or units whose θ hovers near 0 or 1 where the bias is largest; and to audit the
+    straight-through estimate.  It is too costly for every unit of a network.  To train with it, replace the data
+    part of θ's gradient after ``backward()``:  ``gate.theta.grad[units] = d + prior_grad[units]``  with
+    ``prior_grad = torch.autograd.grad(prior_loss(model) / n_train, gate.theta)[0]``.
+
+    Returns a float64 tensor with one entry per requested unit (all units when ``units`` is None), on θ's device.
+    """
+    if not isinstance(gate, BernoulliGate):
+        raise ValueError(f"gate must be a BernoulliGate, got {type(gate).__name__}")
+    if not any(m is gate for m in model.modules()):
+        raise ValueError("gate is not part of model")
+    if not callable(loss_fn):
+        raise ValueError("loss_fn must be callable as loss_fn(model) -> scalar tensor")
+    dev = gate.theta.device
+    if units is None:
+        idx = torch.arange(gate.num_features)
+    else:
+        idx = torch.as_tensor(units, dtype=torch.long).reshape(-1).cpu()
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= gate.num_features):
+            raise ValueError(f"units must index the gate's {gate.num_features} units, got {idx.tolist()}")
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    out = torch.empty(idx.numel(), dtype=torch.float64)
+    with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+        cpu_state = torch.get_rng_state()
+        cuda_state = [torch.cuda.get_rng_state(d) for d in cuda]
+
+        def evaluate(i: int, value: float) -> float:
+            torch.set_rng_state(cpu_state)
+            for d, st in zip(cuda, cuda_state):
+                torch.cuda.set_rng_state(st, d)
+            with gate.forced(i, value):
+                loss = loss_fn(model)
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                raise ValueError("loss_fn must return a scalar tensor")
+            return float(loss)
+
+        for j, i in enumerate(idx.tolist()):
+            out[j] = evaluate(i, 1.0) - evaluate(i, 0.0)
+    return out.to(dev)
