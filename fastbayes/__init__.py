@@ -6,9 +6,9 @@
 """
 import torch  # noqa: F401  (must precede the extension: it maps torch's libgomp)
 
-from . import backends, bmr, checkpoint, distributions, nn, ops, prune, reference  # noqa: E402
+from . import backends, bmr, checkpoint, distributions, nn, ops, prune, reference, svgd  # noqa: E402
 from .nn import add_gates, kl_loss  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["add_gates", "backends", "bmr", "checkpoint", "distributions", "kl_loss", "nn", "ops", "prune", "reference", "__version__"]
+__all__ = ["add_gates", "backends", "bmr", "checkpoint", "distributions", "kl_loss", "nn", "ops", "prune", "reference", "svgd", "__version__"]

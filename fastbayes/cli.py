@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     pi = sub.add_parser("info", help="versions, backends and why the others are unavailable")
     pi.add_argument("--json", action="store_true", help="print JSON")
     pd = sub.add_parser("demo", help="train with gates, prune, compact, measure; writes DIR/report.json and plots")
-    pd.add_argument("--method", default="bmrs_n", choices=["sbp", "bmrs_n", "bmrs_u"])
+    pd.add_argument("--method", default="bmrs_n", choices=["sbp", "bmrs_n", "bmrs_u", "dllp", "bernoulli"])
     pd.add_argument("--model", default="lenet5", help="lenet5, mlp (784-150-10) or mlp-H1-H2...")
     pd.add_argument("--dataset", default=None, choices=["fashion-mnist", "digits"],
                     help="default: fashion-mnist if installed, else digits")
@@ -94,6 +94,8 @@ def main(argv=None) -> int:
     pd.add_argument("--lr", type=float, default=1e-3)
     pd.add_argument("--max-train", type=int, default=None, help="use only the first N training examples")
     pd.add_argument("--out", default="fastbayes-demo")
+    pd.add_argument("--particles", type=int, default=8, help="dllp: number of SVGD particles")
+    pd.add_argument("--svgd-epochs", type=int, default=2, help="dllp: SVGD epochs after the --epochs plain ones")
     pd.add_argument("--no-plots", action="store_true")
     pb = sub.add_parser("bench", help="run the benchmark suites and print the summary table")
     pb.add_argument("-k", default=None, help="pytest -k expression to select benchmarks")
@@ -106,7 +108,8 @@ def main(argv=None) -> int:
     if args.cmd == "demo":
         from .demo import run
         run(args.method, args.model, args.dataset, args.epochs, args.finetune, args.seed, args.out, args.batch_size,
-            args.lr, args.max_train, plots=not args.no_plots)
+            args.lr, args.max_train, plots=not args.no_plots, n_particles=args.particles,
+            svgd_epochs=args.svgd_epochs)
         return 0
     return bench(args)
 

@@ -68,10 +68,19 @@ def _accuracy_vs_compression(model, gates, decisions, test, points: int = 12):
 
 def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None = None, epochs: int = 6,
         finetune: int = 1, seed: int = 0, out: str | Path = "fastbayes-demo", batch_size: int = 128,
-        lr: float = 1e-3, max_train: int | None = None, plots: bool = True, quiet: bool = False) -> dict:
-    """Run the demo; returns the report dict (also written to ``out/report.json``)."""
+        lr: float = 1e-3, max_train: int | None = None, plots: bool = True, quiet: bool = False, *,
+        n_particles: int = 8, svgd_epochs: int = 2) -> dict:
+    """Run the demo; returns the report dict (also written to ``out/report.json``).
+
+    ``method="dllp"`` trains the plain network for ``epochs`` epochs, then runs SVGD particle pruning
+    (``fastbayes.dllp``) with ``n_particles`` particles for ``svgd_epochs`` epochs; ``finetune`` is unused."""
+    if method == "bernoulli":
+        return _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_train, plots, quiet)
+    if method == "dllp":
+        return _run_dllp(model_name, dataset, epochs, seed, out, batch_size, lr, max_train, plots, quiet,
+                         n_particles, svgd_epochs)
     if method not in METHODS:
-        raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
+        raise ValueError(f"method must be one of {tuple(METHODS) + ('dllp', 'bernoulli')}, got {method!r}")
     if epochs < 1 or finetune < 0 or finetune >= epochs:
         raise ValueError(f"need epochs >= 1 and 0 <= finetune < epochs, got epochs={epochs}, finetune={finetune}")
     out = Path(out)
@@ -227,3 +236,308 @@ def _plots(rep: dict, final, out: Path) -> None:
     fig.savefig(out / "accuracy_vs_compression.png", dpi=120)
     plt.close(fig)
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# method "dllp": SVGD particle pruning with a reliability report (fastbayes.dllp, METHODS.md §4)
+
+def _run_dllp(model_name, dataset, epochs, seed, out, batch_size, lr, max_train, plots, quiet, n_particles,
+              svgd_epochs) -> dict:
+    """Train the plain network, run SVGD on ``n_particles`` particles, prune by consensus, compact the particle mean
+    and report the common keys plus ``n_particles`` and ``reliability`` (of the pruned ensemble), with the
+    hard-pruned point estimate (magnitude pruning at the same per-layer sparsity) under ``point_estimate``."""
+    from . import dllp
+
+    if not isinstance(epochs, int) or epochs < 1 or not isinstance(svgd_epochs, int) or svgd_epochs < 1:
+        raise ValueError(f"need epochs >= 1 and svgd_epochs >= 1, got epochs={epochs}, svgd_epochs={svgd_epochs}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if dataset is None:
+        dataset = "fashion-mnist" if data.available()["fashion-mnist"] else "digits"
+    torch.manual_seed(seed)
+    full = data.load(dataset, "train")
+    train, val = data.train_val_split(full, 0.2, seed)
+    if max_train:
+        train = data.Split(train.x[:max_train], train.y[:max_train])
+    test = data.load(dataset, "test")
+    model = build(model_name, tuple(train.x.shape[1:]))
+    log = print if not quiet else (lambda *a, **k: None)
+    log(f"fastbayes demo: dllp on {model_name} / {dataset} ({len(train)} train, {len(val)} val, {len(test)} test), "
+        f"{epochs} plain epochs, then SVGD with {n_particles} particles for {svgd_epochs} epochs")
+    opt = torch.optim.Adam(model.parameters(), lr)
+    n, history = len(train), []
+    t_train = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(n)
+        for i in _progress(range(0, n, batch_size), desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=quiet):
+            idx = perm[i:i + batch_size]
+            loss = F.cross_entropy(model(train.x[idx]), train.y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        history.append({"epoch": epoch + 1, "phase": "plain", "val_accuracy": accuracy(model, val)})
+        log(f"epoch {epoch + 1}: val acc {history[-1]['val_accuracy']:.4f}")
+    model.eval()
+
+    def on_epoch(e, ens):
+        acc = float((dllp.predictive_mean(ens.predict(val.x)).argmax(1) == val.y).double().mean())
+        kept = sum(int(m.sum()) for m in ens.consensus_mask().values())
+        log(f"svgd epoch {e + 1}: val acc (ensemble) {acc:.4f}, consensus keeps {kept} units")
+        return {"phase": "svgd", "val_accuracy": acc}
+
+    ens = dllp.ParticleEnsemble(model, n_particles)
+    for h in ens.fit(train, svgd_epochs, lr, batch_size, seed=seed, callback=on_epoch, progress=not quiet):
+        history.append({**h, "epoch": epochs + h["epoch"]})
+    train_seconds = time.perf_counter() - t_train
+    masks = ens.consensus_mask()
+
+    example, batch = test.x[:1], test.x[:128]
+    mean_net = ens.mean_module()
+    masked = dllp.apply_masks(mean_net, masks)
+    small = dllp.compact_masked(mean_net, masks, example)
+    m_before, m_after = measure(model, batch), measure(small, batch)
+    flops_before = measure(model, example, repeats=1, warmup=0, min_time=0)["flops"]
+    flops_after = measure(small, example, repeats=1, warmup=0, min_time=0)["flops"]
+    ens_logits = ens.pruned(masks).predict(test.x)
+    point = dllp.apply_masks(model, dllp.magnitude_masks(model, masks))
+    point_logits = dllp.predict_logits(point, test.x)
+    mean_r = {k: v.double().mean(0).cpu() for k, v in ens.responsibilities().items()}
+    rep = {
+        "method": "dllp", "dataset": dataset, "model": model_name, "epochs": epochs, "finetune_epochs": 0,
+        "seed": seed, "granularity": None, "criterion": "mean slab responsibility over particles < 0.5 prunes",
+        "test_accuracy_before": accuracy(model, test), "test_accuracy_masked": accuracy(masked, test),
+        "test_accuracy_after": accuracy(small, test),
+        "params_before": m_before["params"], "params_after": m_after["params"],
+        "flops_before": flops_before, "flops_after": flops_after,
+        "compression_pct": 100.0 * (1 - m_after["params"] / m_before["params"]),
+        "flops_reduction": flops_before / max(flops_after, 1),
+        "kept_per_layer": {k: int(v.sum()) for k, v in masks.items()},
+        "total_per_layer": {k: int(v.numel()) for k, v in masks.items()},
+        "latency_ms_before": m_before["latency_ms"], "latency_ms_after": m_after["latency_ms"],
+        "speedup": m_before["latency_ms"] / m_after["latency_ms"], "latency_batch": int(batch.shape[0]),
+        "train_seconds": train_seconds, "backend": backends.default("cpu"), "device": m_before["device"],
+        "history": history, "accuracy_vs_pruned_units": _dllp_curve(mean_net, mean_r, test),
+        "n_particles": n_particles, "svgd_epochs": svgd_epochs, "units_sparsity": dllp.sparsity(masks),
+        "reliability": dllp.reliability_report(ens_logits, test.y),
+        "point_estimate": {"method": "magnitude (L2 of incoming weights) at the same per-layer sparsity",
+                           "test_accuracy": accuracy(point, test),
+                           "reliability": dllp.reliability_report(point_logits, test.y)},
+    }
+    (out / "report.json").write_text(json.dumps(rep, indent=2))
+    if plots:
+        _plots_dllp(rep, mean_r, out)
+        dllp.plot_reliability_diagram({f"DLLP ensemble ({n_particles} particles)": dllp.predictive_mean(ens_logits),
+                                       "magnitude-pruned point estimate": dllp.predictive_mean(point_logits)},
+                                      test.y, out / "reliability_diagram.png",
+                                      title=f"{model_name} / {dataset}, "
+                                      f"{100 * rep['units_sparsity']:.1f}% of units pruned")
+    log(summary(rep))
+    r, p = rep["reliability"], rep["point_estimate"]["reliability"]
+    log(f"reliability (DLLP ensemble vs point estimate): ECE {r['ece']:.4f} vs {p['ece']:.4f}, NLL {r['nll']:.4f} vs "
+        f"{p['nll']:.4f}, Brier {r['brier']:.4f} vs {p['brier']:.4f}, accuracy {r['accuracy']:.4f} vs "
+        f"{p['accuracy']:.4f} (particles {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f})")
+    log(f"wrote {out / 'report.json'}" + (" and plots" if plots else ""))
+    return rep
+
+
+@torch.no_grad()
+def _dllp_curve(net, mean_r, test, points: int = 12):
+    """Zero units progressively in order of increasing mean slab responsibility (no retraining): (units, accuracy)."""
+    from . import dllp
+
+    order = sorted(((float(r), name, i) for name, rs in mean_r.items() for i, r in enumerate(rs.tolist())))
+    total, curve = len(order), []
+    for k in [round(total * f) for f in torch.linspace(0, 0.97, points).tolist()]:
+        masks = {name: torch.ones(rs.numel(), dtype=torch.bool) for name, rs in mean_r.items()}
+        for _, name, i in order[:k]:
+            masks[name][i] = False
+        curve.append({"units_pruned": k, "accuracy": accuracy(dllp.apply_masks(net, masks), test)})
+    return curve
+
+
+def _plots_dllp(rep: dict, mean_r: dict, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rep["kept_per_layer"])
+    tot = [rep["total_per_layer"][n] for n in names]
+    kept = [rep["kept_per_layer"][n] for n in names]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(names, tot, color="#d0d0d0", label="total")
+    ax.bar(names, kept, color="#3a7bd5", label="kept")
+    for i, (k, t) in enumerate(zip(kept, tot)):
+        ax.text(i, t, f"{k}/{t}", ha="center", va="bottom", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("units")
+    ax.set_title("dllp: kept units per layer (consensus mask)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "kept_per_layer.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(torch.cat(list(mean_r.values())).numpy(), bins=50, range=(0, 1), color="#3a7bd5")
+    ax.axvline(0.5, color="#c0392b", ls="--", label="threshold ½")
+    ax.set_xlabel("mean slab responsibility over particles")
+    ax.set_ylabel("units")
+    ax.set_yscale("log")
+    ax.set_title("pruning criterion over all units")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "criterion_histogram.png", dpi=120)
+    plt.close(fig)
+
+    curve, total = rep["accuracy_vs_pruned_units"], sum(rep["total_per_layer"].values())
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([100 * c["units_pruned"] / total for c in curve], [c["accuracy"] for c in curve], "o-", color="#3a7bd5",
+            label="particle mean, prune by responsibility rank")
+    ax.plot([100 * rep["units_sparsity"]], [rep["test_accuracy_after"]], "*", ms=14, color="#c0392b",
+            label="consensus mask (compact particle mean)")
+    ax.set_xlabel("units pruned (%)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"accuracy vs compression ({rep['compression_pct']:.1f}% of parameters removed)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_compression.png", dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# method "bernoulli": Bernoulli unit gates pruned physically while training (fastbayes.prune.Shrinker, METHODS.md §3)
+
+# σ0 = 0.3·σ1 (BernoulliGate's default 0.01 makes the spike's weight decay (1 − θ)/σ0² crush every weight within a
+# few dozen Adam steps on Fashion-MNIST with the 1/N prior weight; so does θ init 0.5 with 0.1, measured), θ init 0.9,
+# θ trained 10× faster than the weights (Adam moves θ by about lr per step: at 1e-3 it could not reach 0 in a few
+# epochs), prior weighted 1/N (per-example ELBO), a removal check every 50 steps
+BERNOULLI_OPTIONS = {"init_theta": 0.9, "sigma0_ratio": 0.3}
+THETA_LR_FACTOR = 10.0
+SHRINK_EVERY = 50
+
+
+def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_train, plots, quiet) -> dict:
+    """Train with Bernoulli gates and a ``Shrinker`` (units leave the model while it trains), fold the gates away and
+    report the common keys (``*_before``: the dense network at its starting width; its accuracy is that of the
+    gated model, which never ran dense after training) plus ``gates_binary``, ``train_step_ms_start``/``_end``,
+    ``units_per_epoch`` and ``train_step_ms_per_epoch``."""
+    import statistics
+
+    from .nn import bernoulli as B
+    from .prune import Shrinker
+
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"need epochs >= 1, got {epochs!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if dataset is None:
+        dataset = "fashion-mnist" if data.available()["fashion-mnist"] else "digits"
+    torch.manual_seed(seed)
+    full = data.load(dataset, "train")
+    train, val = data.train_val_split(full, 0.2, seed)
+    if max_train:
+        train = data.Split(train.x[:max_train], train.y[:max_train])
+    test = data.load(dataset, "test")
+    model = build(model_name, tuple(train.x.shape[1:]))
+    dense = build(model_name, tuple(train.x.shape[1:]))    # the starting width, for the "before" measurements
+    gates = B.attach(model, **BERNOULLI_OPTIONS)
+    total_per_layer = {k: g.num_features for k, g in gates.items()}
+    thetas = {id(g.theta) for g in gates.values()}
+    opt = torch.optim.Adam([{"params": [p for p in model.parameters() if id(p) not in thetas]},
+                            {"params": [g.theta for g in gates.values()], "lr": lr * THETA_LR_FACTOR}], lr)
+    shrinker = Shrinker(model, opt, every=SHRINK_EVERY, eps=1e-3, example_inputs=train.x[:2])
+    n, history, step_ms, units = len(train), [], [], [sum(total_per_layer.values())]
+    log = print if not quiet else (lambda *a, **k: None)
+    log(f"fastbayes demo: bernoulli on {model_name} / {dataset} ({n} train, {len(val)} val, {len(test)} test), "
+        f"{epochs} epochs, shrink check every {SHRINK_EVERY} steps, backend {backends.default('cpu')}")
+    t_train = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        perm, times = torch.randperm(n), []
+        for i in _progress(range(0, n, batch_size), desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=quiet):
+            idx = perm[i:i + batch_size]
+            t0 = time.perf_counter()
+            loss = F.cross_entropy(model(train.x[idx]), train.y[idx]) + B.prior_loss(model) / n
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            times.append(1e3 * (time.perf_counter() - t0))     # the step itself; removals are timed apart
+            shrinker.step()
+        step_ms.append(statistics.median(times))
+        units.append(shrinker.live_units())
+        history.append({"epoch": epoch + 1, "val_accuracy": accuracy(model, val), "kept_units": units[-1],
+                        "total_units": units[0], "train_step_ms": step_ms[-1], "per_layer": shrinker.units()})
+        log(f"epoch {epoch + 1}: val acc {history[-1]['val_accuracy']:.4f}, live units {units[-1]}/{units[0]}, "
+            f"median step {step_ms[-1]:.2f} ms")
+    train_seconds = time.perf_counter() - t_train
+
+    acc_gated = accuracy(model, test)
+    small = shrinker.finalize()
+    binary = shrinker.binary()
+    example, batch = test.x[:1], test.x[:128]
+    m_before, m_after = measure(dense, batch), measure(small, batch)
+    flops_before = measure(dense, example, repeats=1, warmup=0, min_time=0)["flops"]
+    flops_after = measure(small, example, repeats=1, warmup=0, min_time=0)["flops"]
+    acc_after = accuracy(small, test)
+    kept = shrinker.units()
+    rep = {
+        "method": "bernoulli", "dataset": dataset, "model": model_name, "epochs": epochs, "finetune_epochs": 0,
+        "seed": seed, "granularity": "sample",
+        "criterion": f"theta <= 1e-3 removed while training (check every {SHRINK_EVERY} steps)",
+        "test_accuracy_before": acc_gated, "test_accuracy_masked": acc_gated, "test_accuracy_after": acc_after,
+        "params_before": m_before["params"], "params_after": m_after["params"],
+        "flops_before": flops_before, "flops_after": flops_after,
+        "compression_pct": 100.0 * (1 - m_after["params"] / m_before["params"]),
+        "flops_reduction": flops_before / max(flops_after, 1),
+        "kept_per_layer": kept, "total_per_layer": total_per_layer,
+        "latency_ms_before": m_before["latency_ms"], "latency_ms_after": m_after["latency_ms"],
+        "speedup": m_before["latency_ms"] / m_after["latency_ms"], "latency_batch": int(batch.shape[0]),
+        "train_seconds": train_seconds, "backend": backends.default("cpu"), "device": m_before["device"],
+        "history": history, "accuracy_vs_pruned_units": [],
+        "gates_binary": binary, "train_step_ms_start": step_ms[0], "train_step_ms_end": step_ms[-1],
+        "train_step_ms_per_epoch": step_ms, "units_per_epoch": units,
+        "gate_options": dict(BERNOULLI_OPTIONS), "theta_lr": lr * THETA_LR_FACTOR, "shrink_events": [h for h in shrinker.history if h["removed"]],
+    }
+    (out / "report.json").write_text(json.dumps(rep, indent=2))
+    if plots:
+        _plots_bernoulli(rep, out)
+    log(summary(rep))
+    log(f"gates binary: {binary}; median train step {step_ms[0]:.2f} ms (epoch 1) -> {step_ms[-1]:.2f} ms "
+        f"(epoch {epochs})")
+    log(f"wrote {out / 'report.json'}" + (" and plots" if plots else ""))
+    return rep
+
+
+def _plots_bernoulli(rep: dict, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ep = list(range(len(rep["units_per_epoch"])))
+    ax.plot(ep, rep["units_per_epoch"], "o-", color="#3a7bd5", label="live units")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("live units", color="#3a7bd5")
+    ax2 = ax.twinx()
+    ax2.plot(ep[1:], rep["train_step_ms_per_epoch"], "s--", color="#c0392b", label="median train step")
+    ax2.set_ylabel("median train step (ms)", color="#c0392b")
+    ax2.set_ylim(bottom=0)
+    ax.set_title(f"bernoulli on {rep['model']}: units and step time per epoch")
+    fig.tight_layout()
+    fig.savefig(out / "units_and_step_time.png", dpi=120)
+    plt.close(fig)
+
+    names = list(rep["kept_per_layer"])
+    tot = [rep["total_per_layer"][n] for n in names]
+    kept = [rep["kept_per_layer"][n] for n in names]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(names, tot, color="#d0d0d0", label="total")
+    ax.bar(names, kept, color="#3a7bd5", label="kept")
+    for i, (k, t) in enumerate(zip(kept, tot)):
+        ax.text(i, t, f"{k}/{t}", ha="center", va="bottom", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("units")
+    ax.set_title("bernoulli: kept units per layer")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "kept_per_layer.png", dpi=120)
+    plt.close(fig)

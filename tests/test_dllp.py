@@ -1,0 +1,392 @@
+"""SVGD particle pruning after DLLP (fastbayes.dllp): prior score, reliability metrics, vmapped ensemble, consensus
+masks, compaction, an end-to-end run on digits, and argument checks."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastbayes as fb
+from fastbayes import dllp
+from fastbayes.models import MLP, LeNet5
+from models import ConvBN
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the spike-and-slab prior
+
+def _direct_log_prob(w, s1, s0, pi):
+    """log[π N(w; 0, s1²I) + (1 − π) N(w; 0, s0²I)] written out, float64."""
+    k = w.shape[-1]
+    sq = w.pow(2).sum(-1)
+    l1 = math.log(pi) - sq / (2 * s1 ** 2) - k * math.log(math.sqrt(2 * math.pi) * s1)
+    l0 = math.log1p(-pi) - sq / (2 * s0 ** 2) - k * math.log(math.sqrt(2 * math.pi) * s0)
+    return torch.logaddexp(l1, l0), torch.sigmoid(l1 - l0)
+
+
+@pytest.mark.parametrize("pi, ratio", [(0.5, 1e-2), (0.2, 0.1), (0.9, 1e-3)])
+def test_prior_score_matches_autograd(pi, ratio):
+    torch.manual_seed(0)
+    k, s1 = 7, 0.3
+    prior = dllp.SpikeSlabPrior(s1 ** 2, ratio, pi)
+    s0 = ratio * s1
+    # units spanning spike-dominated, boundary and slab-dominated regimes: rows of random direction whose ‖w‖² is
+    # c times the ‖w‖² of equal responsibility (logit 0), c from 1e-2 to 1e2 and densely around 1
+    sq_half = (k * math.log(s1 / s0) - math.log(pi / (1 - pi))) / (0.5 / s0 ** 2 - 0.5 / s1 ** 2)
+    c = torch.cat([torch.logspace(-2, 2, 41, dtype=torch.float64), torch.linspace(0.95, 1.05, 11, dtype=torch.float64)])
+    base = torch.randn(3, len(c), k, dtype=torch.float64)
+    base = base / base.norm(dim=-1, keepdim=True)
+    w = (base * (c * sq_half).sqrt()[:, None]).requires_grad_(True)
+    lp = prior.log_prob(w)
+    (auto,) = torch.autograd.grad(lp.sum(), w)
+    score, r = prior.score(w)
+    # autograd cancels −w/s0² + r·w/s0² (loses (s1/s0)²·eps relative), the closed form does not
+    torch.testing.assert_close(score, auto, rtol=1e-8, atol=1e-12)
+    ref_lp, ref_r = _direct_log_prob(w.detach(), s1, s0, pi)
+    torch.testing.assert_close(lp.detach(), ref_lp, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(r, ref_r, rtol=1e-10, atol=1e-12)
+    assert r.min() < 1e-3 and r.max() > 1 - 1e-3 and ((r > 0.05) & (r < 0.95)).any()   # all regimes visited
+    torch.testing.assert_close(prior.responsibility(w), r)
+
+
+def test_prior_is_stable_far_in_both_tails():
+    prior = dllp.SpikeSlabPrior(2.0 / 800)
+    w = torch.cat([torch.zeros(1, 801), torch.full((1, 801), 10.0), torch.full((1, 801), 1e-30)]).float()
+    score, r = prior.score(w)
+    lp = prior.log_prob(w)
+    assert torch.isfinite(score).all() and torch.isfinite(lp).all() and torch.isfinite(r).all()
+    assert r.tolist() == [0.0, 1.0, 0.0]
+    # slab-dominated: the score is the slab's −w/s1²
+    torch.testing.assert_close(score[1], -w[1] / prior.slab_var)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reliability metrics on hand-made predictions
+
+def test_confident_correct_predictions():
+    y = torch.tensor([0, 2, 1, 2, 0])
+    logits = 200.0 * F.one_hot(y, 3).double()
+    rep = dllp.reliability_report(logits.expand(3, -1, -1), y)
+    assert rep["ece"] == pytest.approx(0.0, abs=1e-7)
+    assert rep["nll"] == pytest.approx(0.0, abs=1e-12)
+    assert rep["brier"] == pytest.approx(0.0, abs=1e-12)
+    assert rep["accuracy"] == rep["accuracy_mean"] == 1.0
+    assert rep["accuracy_std"] == 0.0 and rep["accuracy_ci95"] == [1.0, 1.0]
+    assert rep["mutual_information"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_uniform_predictions():
+    C = 7
+    y = torch.arange(20) % C
+    rep = dllp.reliability_report(torch.zeros(4, 20, C), y)
+    assert rep["predictive_entropy"] == pytest.approx(math.log(C), rel=1e-12)
+    assert rep["expected_entropy"] == pytest.approx(math.log(C), rel=1e-12)
+    assert rep["mutual_information"] == pytest.approx(0.0, abs=1e-12)
+    assert rep["nll"] == pytest.approx(math.log(C), rel=1e-12)
+    assert rep["brier"] == pytest.approx(1 - 1 / C, rel=1e-12)
+
+
+def test_mutual_information_identical_and_disagreeing_particles():
+    torch.manual_seed(0)
+    y = torch.randint(0, 5, (30,))
+    one = torch.randn(1, 30, 5)
+    rep = dllp.reliability_report(one.expand(6, -1, -1), y)
+    assert rep["mutual_information"] == pytest.approx(0.0, abs=1e-12)
+    assert rep["accuracy_std"] == 0.0
+    assert rep["predictive_entropy"] == pytest.approx(rep["expected_entropy"], rel=1e-12)
+    # two particles, each certain of a different class: H[mean] = log 2, E[H] = 0, so MI = log 2
+    y2 = torch.zeros(4, dtype=torch.long)
+    logits = torch.stack([100.0 * F.one_hot(torch.zeros(4, dtype=torch.long), 3),
+                          100.0 * F.one_hot(torch.ones(4, dtype=torch.long), 3)]).double()
+    rep2 = dllp.reliability_report(logits, y2)
+    assert rep2["mutual_information"] == pytest.approx(math.log(2), rel=1e-10)
+    assert rep2["accuracy_mean"] == 0.5 and rep2["accuracy_std"] == pytest.approx(math.sqrt(0.5))
+    assert rep2["nll"] == pytest.approx(math.log(2), rel=1e-10)
+
+
+def test_hand_computed_ece_nll_brier():
+    # confidences 0.9 (right), 0.9 (wrong), 0.62 (right), 0.75 (right); 15 bins of width 1/15:
+    # 0.9 ∈ [13/15, 14/15) holds two (accuracy ½), 0.62 ∈ [9/15, 10/15), 0.75 ∈ [11/15, 12/15)
+    p = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.62, 0.38], [0.75, 0.25]], dtype=torch.float64)
+    y = torch.tensor([0, 1, 0, 0])
+    rep = dllp.reliability_report(p.log()[None], y)
+    ece = 0.5 * abs(0.9 - 0.5) + 0.25 * abs(0.62 - 1) + 0.25 * abs(0.75 - 1)       # 0.3575
+    assert rep["ece"] == pytest.approx(ece, abs=1e-6)
+    assert rep["nll"] == pytest.approx(-(math.log(0.9) + math.log(0.1) + math.log(0.62) + math.log(0.75)) / 4)
+    assert rep["brier"] == pytest.approx((0.02 + 1.62 + 2 * 0.38 ** 2 + 2 * 0.25 ** 2) / 4)
+    assert rep["accuracy"] == 0.75 and rep["mutual_information"] == 0.0
+
+
+def test_accuracy_spread_across_particles():
+    # four particles with accuracies 1, ¾, ½, ¼ on four examples
+    y = torch.zeros(4, dtype=torch.long)
+    right, wrong = torch.tensor([5.0, 0.0]), torch.tensor([0.0, 5.0])
+    rows = [[right] * 4, [right] * 3 + [wrong], [right] * 2 + [wrong] * 2, [right] + [wrong] * 3]
+    logits = torch.stack([torch.stack(r) for r in rows])
+    rep = dllp.reliability_report(logits, y)
+    accs = torch.tensor([1.0, 0.75, 0.5, 0.25], dtype=torch.float64)
+    assert rep["accuracy_mean"] == pytest.approx(0.625)
+    assert rep["accuracy_std"] == pytest.approx(float(accs.std()))
+    lo, hi = torch.quantile(accs, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    assert rep["accuracy_ci95"] == pytest.approx([lo, hi]) and 0.25 < lo < hi < 1.0
+
+
+def test_reliability_diagram_png(tmp_path):
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50, 4)
+    y = torch.randint(0, 4, (50,))
+    probs = dllp.predictive_mean(logits)
+    assert torch.allclose(probs.sum(-1), torch.ones(50, dtype=torch.float64))
+    path = dllp.plot_reliability_diagram({"a": probs, "b": logits[0].softmax(-1)}, y, tmp_path / "r.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the particle ensemble
+
+@pytest.mark.parametrize("make, shape", [(lambda: LeNet5(widths=(4, 6, 12)), (5, 1, 28, 28)),
+                                         (ConvBN, (5, 3, 6, 6)),
+                                         (lambda: MLP((20, 9, 7, 3)), (5, 20))])
+def test_vmapped_forward_equals_loop(make, shape):
+    torch.manual_seed(0)
+    model = make()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):      # non-trivial running statistics
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    ens = dllp.ParticleEnsemble(model, n_particles=3, noise=0.05)
+    x = torch.randn(shape)
+    out = ens(x)
+    assert out.shape == (3, shape[0], model(x).shape[-1])
+    for i in range(3):
+        torch.testing.assert_close(out[i], ens.particle(i)(x), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out[0], out[1])                       # the jitter made distinct particles
+    torch.testing.assert_close(ens.predict(x, batch_size=2), out.detach())
+    # the mean module is the particle mean
+    mean = ens.mean_module()
+    for k, p in mean.named_parameters():
+        torch.testing.assert_close(p.detach(), ens.params[k].detach().mean(0))
+
+
+def test_units_and_default_prior():
+    model = LeNet5(widths=(4, 6, 12))
+    ens = dllp.ParticleEnsemble(model, 2)
+    assert dllp.unit_layers(model) == {"conv1": 4, "conv2": 6, "fc1": 12}
+    assert [l.name for l in ens.layers] == ["conv1", "conv2", "fc1"]
+    fan_in = {"conv1": 25, "conv2": 4 * 25, "fc1": 6 * 16}
+    for l in ens.layers:
+        assert l.prior.slab_var == pytest.approx(2.0 / fan_in[l.name])
+        assert l.prior.spike_var == pytest.approx(1e-4 * l.prior.slab_var)
+        assert l.prior.pi == 0.5
+    assert [l.name for l in dllp.ParticleEnsemble(model, 2, prunable=["fc1"]).layers] == ["fc1"]
+    # the log prior per particle is the sum over the units' groups (weight row + bias entry)
+    lp = ens.log_prior()
+    ref = sum(l.prior.log_prob(torch.cat([ens.params[l.weight].reshape(2, l.units, -1),
+                                          ens.params[l.bias][..., None]], -1)).sum(-1) for l in ens.layers)
+    torch.testing.assert_close(lp, ref)
+
+
+def _zero_in(ens, layer, unit, particles):
+    with torch.no_grad():
+        for j in particles:
+            ens.params[f"{layer}.weight"][j, unit] = 0
+            ens.params[f"{layer}.bias"][j, unit] = 0
+
+
+def test_consensus_mask_and_pruned_ensembles():
+    torch.manual_seed(0)
+    model = LeNet5(widths=(4, 6, 12))
+    x = torch.rand(4, 1, 28, 28)
+    ens = dllp.ParticleEnsemble(model, 4, noise=0.0)
+    _zero_in(ens, "fc1", 0, [0, 1, 2])        # mean responsibility ¼ -> pruned
+    _zero_in(ens, "fc1", 1, [0, 1])           # ½ -> kept (pruned only below ½)
+    _zero_in(ens, "fc1", 2, [3])              # ¾ -> kept
+    _zero_in(ens, "conv1", 3, [0, 1, 2, 3])   # 0 -> pruned
+    r = ens.responsibilities()
+    assert r["fc1"].shape == (4, 12)
+    assert r["fc1"][:, 0].tolist() == [0.0, 0.0, 0.0, 1.0]
+    masks = ens.consensus_mask()
+    assert masks["fc1"].tolist() == [False] + [True] * 11
+    assert masks["conv1"].tolist() == [True, True, True, False]
+    assert masks["conv2"].all()
+    assert dllp.sparsity(masks) == pytest.approx(2 / 22)
+    # every unit redundant in every particle: each layer still keeps its best unit (min_units=1)
+    for l in ens.layers:
+        for u in range(l.units):
+            _zero_in(ens, l.name, u, range(4))
+    with torch.no_grad():
+        ens.params["fc1.weight"][:, 5] = 1.0
+    all_gone = ens.consensus_mask()
+    assert int(all_gone["fc1"].sum()) == 1 and bool(all_gone["fc1"][5])
+    assert int(all_gone["conv1"].sum()) == 1
+    assert int(ens.consensus_mask(min_units=0)["conv1"].sum()) == 0
+
+
+def test_pruned_zeroed_and_compact_agree():
+    torch.manual_seed(0)
+    model = LeNet5(widths=(4, 6, 12))
+    x = torch.rand(4, 1, 28, 28)
+    ens = dllp.ParticleEnsemble(model, 3, noise=0.02)
+    masks = {"conv1": torch.tensor([True, False, True, True]),
+             "conv2": torch.tensor([True, True, False, False, True, True]),
+             "fc1": torch.arange(12) % 3 != 0}
+    zeroed = ens.pruned(masks)
+    out = zeroed.predict(x)
+    for i in range(3):
+        torch.testing.assert_close(out[i], dllp.apply_masks(ens.particle(i), masks)(x))
+        assert zeroed.params["fc1.weight"][i, 0].abs().sum() == 0 and zeroed.params["fc1.bias"][i, 3] == 0
+    small = ens.pruned(masks, compact=True, example_inputs=x)
+    assert small.params["conv1.weight"].shape == (3, 3, 1, 5, 5)
+    assert small.params["conv2.weight"].shape == (3, 4, 3, 5, 5)
+    assert small.params["fc1.weight"].shape == (3, 8, 4 * 16)
+    torch.testing.assert_close(small.predict(x), out, rtol=1e-5, atol=1e-5)
+    single = ens.compact_mean(x, masks)
+    assert single.fc1.out_features == 8
+    torch.testing.assert_close(single(x), dllp.apply_masks(ens.mean_module(), masks)(x), rtol=1e-5, atol=1e-5)
+    assert ens.params["fc1.weight"][0, 0].abs().sum() > 0         # the source ensemble is untouched
+
+
+def test_batchnorm_unit_is_zero_after_the_batchnorm():
+    torch.manual_seed(0)
+    model = ConvBN()
+    model.bn.running_mean.uniform_(-1, 1)
+    ens = dllp.ParticleEnsemble(model, 2)
+    masks = {"conv": torch.tensor([True, False] * 4)}
+    x = torch.randn(3, 3, 5, 5)
+    pruned = ens.pruned(masks)
+    assert pruned.params["bn.weight"][:, 1].abs().sum() == 0 and pruned.params["bn.bias"][:, 1].abs().sum() == 0
+    small = ens.pruned(masks, compact=True, example_inputs=x)
+    assert small.params["conv.weight"].shape[1] == 4 and small.params["bn.weight"].shape == (2, 4)
+    torch.testing.assert_close(small.predict(x), pruned.predict(x), rtol=1e-5, atol=1e-5)
+
+
+def test_magnitude_masks_match_sparsity():
+    torch.manual_seed(0)
+    model = MLP((10, 8, 6, 3))
+    with torch.no_grad():
+        model.layers[0].weight.mul_(torch.arange(1, 9, dtype=torch.float32)[:, None])   # norms grow with the index
+    like = {"layers.0": torch.tensor([False, True] * 4), "layers.1": torch.ones(6, dtype=torch.bool)}
+    m = dllp.magnitude_masks(model, like)
+    assert m["layers.0"].tolist() == [False] * 4 + [True] * 4
+    assert m["layers.1"].all()
+    pruned = dllp.apply_masks(model, m)
+    assert pruned.layers[0].weight[:4].abs().sum() == 0 and model.layers[0].weight[:4].abs().sum() > 0
+
+
+def test_fit_scores_and_end_to_end_on_digits(tmp_path):
+    """A few SVGD steps on digits: .grad is −(N/B)∇log-lik − ∇log prior, and a report with every key comes out."""
+    from fastbayes import data
+    torch.manual_seed(0)
+    train, test = data.digits("train"), data.digits("test")
+    train = data.Split(train.x[:256], train.y[:256])
+    model = MLP((784, 16, 10))
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(30):
+        loss = F.cross_entropy(model(train.x), train.y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    ens = dllp.ParticleEnsemble(model, 3, noise=1e-3)
+    # the gradient fit() hands to SVGD, against autograd of the negative log-posterior
+    xb, yb = train.x[:32], train.y[:32]
+    nll = F.cross_entropy(ens(xb).flatten(0, 1), yb.repeat(3), reduction="sum") * (len(train) / 32)
+    nll.backward()
+    ens._add_prior_grad()
+    g_closed = ens.params["layers.0.weight"].grad.clone()
+    for p in ens.params.values():
+        p.grad = None
+    (F.cross_entropy(ens(xb).flatten(0, 1), yb.repeat(3), reduction="sum") * (len(train) / 32)
+     - ens.log_prior().sum()).backward()
+    torch.testing.assert_close(g_closed, ens.params["layers.0.weight"].grad, rtol=1e-4, atol=1e-3)
+    for p in ens.params.values():
+        p.grad = None
+
+    before = {k: v.detach().clone() for k, v in ens.params.items()}
+    hist = ens.fit(train, epochs=2, lr=1e-3, batch_size=64, seed=0, callback=lambda e, en: {"cb": e})
+    assert [h["epoch"] for h in hist] == [1, 2] and [h["cb"] for h in hist] == [0, 1]
+    assert set(hist[0]) >= {"nll", "mean_responsibility", "kept_units", "total_units"}
+    assert all(math.isfinite(h["nll"]) for h in hist)
+    assert not torch.equal(before["layers.0.weight"], ens.params["layers.0.weight"].detach())
+    cmp = dllp.compare_with_point_estimate(ens, model, test.x, test.y)
+    keys = {"ece", "nll", "brier", "accuracy", "accuracy_mean", "accuracy_std", "accuracy_ci95",
+            "predictive_entropy", "expected_entropy", "mutual_information", "n_particles", "n_examples"}
+    assert set(cmp["dllp"]) == keys and set(cmp["point_estimate"]) == keys
+    assert cmp["dllp"]["n_particles"] == 3 and cmp["point_estimate"]["mutual_information"] == 0.0
+    assert cmp["point_estimate"]["accuracy_std"] == 0.0
+    assert 0 <= cmp["sparsity"] < 1 and cmp["dllp"]["accuracy"] > 0.5
+
+
+def test_demo_dllp_report(tmp_path):
+    from fastbayes.demo import run
+    rep = run("dllp", "mlp-12", "digits", epochs=1, seed=0, out=tmp_path, batch_size=64, max_train=192,
+              quiet=True, n_particles=3, svgd_epochs=1)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    common = {"method", "dataset", "model", "epochs", "finetune_epochs", "seed", "granularity", "criterion",
+              "test_accuracy_before", "test_accuracy_masked", "test_accuracy_after", "params_before", "params_after",
+              "flops_before", "flops_after", "compression_pct", "flops_reduction", "kept_per_layer", "total_per_layer",
+              "latency_ms_before", "latency_ms_after", "speedup", "latency_batch", "train_seconds", "backend",
+              "device", "history", "accuracy_vs_pruned_units"}
+    assert common | {"n_particles", "reliability"} <= set(saved)
+    assert saved["n_particles"] == 3 and saved["method"] == "dllp"
+    assert {"ece", "nll", "brier", "accuracy_mean", "accuracy_std", "accuracy_ci95"} <= set(saved["reliability"])
+    assert saved["test_accuracy_masked"] == pytest.approx(saved["test_accuracy_after"])
+    assert [h.get("phase") for h in saved["history"]] == ["plain", "svgd"]
+    for png in ("reliability_diagram.png", "kept_per_layer.png", "criterion_histogram.png",
+                "accuracy_vs_compression.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    assert rep["reliability"] == saved["reliability"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bad arguments
+
+def test_bad_arguments():
+    model = MLP((6, 5, 3))
+    with pytest.raises(ValueError, match="n_particles"):
+        dllp.ParticleEnsemble(model, 1)
+    with pytest.raises(ValueError, match="n_particles"):
+        dllp.ParticleEnsemble(model, 2.0)
+    with pytest.raises(ValueError, match="noise"):
+        dllp.ParticleEnsemble(model, 2, noise=-1e-3)
+    with pytest.raises(ValueError, match="prunable"):
+        dllp.ParticleEnsemble(model, 2, prunable=["nope"])
+    with pytest.raises(ValueError, match="prunable"):
+        dllp.ParticleEnsemble(nn.Sequential(nn.ConvTranspose2d(2, 3, 3), nn.Flatten(), nn.Linear(75, 2)), 2,
+                              prunable=["0"])
+    with pytest.raises(ValueError, match="pi"):
+        dllp.ParticleEnsemble(model, 2, pi=1.0)
+    with pytest.raises(ValueError, match="spike_ratio"):
+        dllp.SpikeSlabPrior(1.0, spike_ratio=1.0)
+    with pytest.raises(ValueError, match="slab_var"):
+        dllp.SpikeSlabPrior(0.0)
+    gated = MLP((6, 5, 3))
+    fb.add_gates(gated)
+    with pytest.raises(ValueError, match="gates"):
+        dllp.ParticleEnsemble(gated, 2)
+    ens = dllp.ParticleEnsemble(model, 2)
+    with pytest.raises(ValueError, match="threshold"):
+        ens.consensus_mask(threshold=0.0)
+    with pytest.raises(ValueError, match="masks"):
+        ens.pruned({"layers.0": torch.ones(4, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="masks"):
+        ens.pruned({"layers.0": torch.ones(5)})
+    with pytest.raises(ValueError, match="example_inputs"):
+        ens.pruned(compact=True)
+    with pytest.raises(ValueError, match="epochs"):
+        ens.fit((torch.randn(4, 6), torch.zeros(4, dtype=torch.long)), epochs=0)
+    with pytest.raises(ValueError, match="data"):
+        ens.fit((torch.randn(4, 6), torch.zeros(3, dtype=torch.long)))
+    with pytest.raises(ValueError, match="labels"):
+        ens.fit((torch.randn(4, 6), torch.zeros(4)))
+    with pytest.raises(ValueError, match="logits"):
+        dllp.reliability_report(torch.randn(5, 3), torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="labels"):
+        dllp.reliability_report(torch.randn(2, 5, 3), torch.full((5,), 3))
+    with pytest.raises(ValueError, match="labels"):
+        dllp.reliability_report(torch.randn(2, 5, 3), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="logits"):
+        dllp.reliability_report(torch.full((2, 5, 3), float("nan")), torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="n_bins"):
+        dllp.reliability_report(torch.randn(2, 5, 3), torch.zeros(5, dtype=torch.long), n_bins=0)
