@@ -21,9 +21,39 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import Tensor
 
-from .ops.svgd import _check_bandwidth, direction_and_bandwidth
+from .ops.svgd import _check, _check_bandwidth, _svgd_apply, direction_and_bandwidth
+from .reference.svgd import kernel_from_dists, pairwise_sq_dists
 
-__all__ = ["SVGD"]
+__all__ = ["SVGD", "sharded_direction"]
+
+
+@torch.no_grad()
+def sharded_direction(particles: list[Tensor], scores: list[Tensor], bandwidth: Optional[float] = None,
+                      group=None) -> tuple[list[Tensor], Tensor]:
+    """φ for this rank's slice of a particle vector that is sharded over the ranks of ``group``.
+
+    Every rank holds all n particles of a disjoint set of tensors (e.g. its share of a model's layers).  Squared
+    distances add up over disjoint coordinates, so the only communication is one all-reduce of the n×n distance
+    matrix — n² floats instead of the n·d particles — after which every rank forms the same K and h and applies them
+    to its own tensors with the fused ``svgd_apply``.  The result equals the single-process ``svgd_direction`` on the
+    concatenated particle vector (up to the float64 summation order of the distances).  A rank may hold no tensor.
+    Returns (φ for the local tensors, h).
+    """
+    import torch.distributed as dist
+    h_fixed = _check_bandwidth(bandwidth)
+    xs, ss = list(particles), list(scores)
+    if xs:
+        n = _check(xs, ss)
+        d = pairwise_sq_dists([x.detach() for x in xs])
+    else:
+        raise ValueError("particles must hold at least one tensor on every rank (give an idle rank a 0-width "
+                         "[n, 0] tensor)")
+    dist.all_reduce(d, op=dist.ReduceOp.SUM, group=group)
+    K, h = kernel_from_dists(d, h_fixed)
+    dts = [x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32 for x in xs]
+    phis = [_svgd_apply(K, h, x.detach().reshape(n, -1).to(dt), s.detach().reshape(n, -1).to(dt))
+            .reshape(x.shape).to(x.dtype) for x, s, dt in zip(xs, ss, dts)]
+    return phis, h
 
 
 def _flat_params(params) -> list[Tensor]:
@@ -43,6 +73,9 @@ class SVGD:
         params: tensors (or param-group dicts) with the particle dimension n >= 2 first, as for any optimiser.
         optimizer: the optimiser class that applies the update; built as ``optimizer(params, **optimizer_kwargs)``.
         bandwidth: a fixed RBF bandwidth h, or None for the median heuristic recomputed at every step.
+        sharded, process_group: with ``sharded=True`` each rank of ``process_group`` passes its own slice of the
+            particle vector (disjoint params, all n particles each) and the kernel is formed from the all-reduced
+            n×n distance matrix (``sharded_direction``); the update equals the single-process one.
         **optimizer_kwargs: passed to ``optimizer`` (e.g. ``lr``).
 
     ``zero_grad``, ``state_dict``, ``load_state_dict`` and ``param_groups`` are the wrapped optimiser's.  After a step,
@@ -51,7 +84,8 @@ class SVGD:
     """
 
     def __init__(self, params: Iterable, optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam,
-                 bandwidth: Optional[float] = None, **optimizer_kwargs):
+                 bandwidth: Optional[float] = None, *, process_group=None, sharded: bool = False,
+                 **optimizer_kwargs):
         params = list(params)
         if not params:
             raise ValueError("params must hold at least one tensor")
@@ -75,6 +109,8 @@ class SVGD:
         self._params = flat
         self.optimizer = optimizer(params, **optimizer_kwargs)
         self.last_bandwidth: Optional[Tensor] = None
+        # sharded: this rank's params are its slice of the particle vector (see sharded_direction)
+        self.sharded, self.process_group = bool(sharded), process_group
 
     @property
     def param_groups(self):
@@ -95,7 +131,11 @@ class SVGD:
         if ps:
             if any(p.grad.is_sparse for p in ps):
                 raise ValueError("SVGD does not support sparse gradients")
-            phis, self.last_bandwidth = direction_and_bandwidth(ps, [-p.grad for p in ps], self.bandwidth)
+            if self.sharded:
+                phis, self.last_bandwidth = sharded_direction(ps, [-p.grad for p in ps], self.bandwidth,
+                                                              self.process_group)
+            else:
+                phis, self.last_bandwidth = direction_and_bandwidth(ps, [-p.grad for p in ps], self.bandwidth)
             for p, phi in zip(ps, phis):
                 p.grad = phi.neg_()  # a fresh tensor of p's shape: no extra pass to copy it into the old .grad
         self.optimizer.step()

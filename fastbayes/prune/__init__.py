@@ -3,6 +3,7 @@ from .compact import compact
 from .criteria import CRITERIA, Decision
 from .masks import LayerReport, PruneReport, PruneSchedule, update_masks
 from .measure import count_flops, count_params, latency_ms, measure
+from .shrink import Shrinker
 
 __all__ = ["CRITERIA", "Decision", "LayerReport", "PruneReport", "PruneSchedule", "compact", "count_flops",
-           "count_params", "latency_ms", "measure", "update_masks"]
+           "count_params", "latency_ms", "measure", "update_masks", "Shrinker"]

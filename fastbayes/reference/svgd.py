@@ -47,8 +47,11 @@ def median_bandwidth(d: Tensor) -> Tensor:
     return torch.where(med > 0, med / math.log(n + 1), torch.ones_like(med))
 
 
-def svgd_kernel_matrix(particles: Sequence[Tensor], bandwidth: Optional[float]) -> tuple[Tensor, Tensor]:
-    """(K, h): the n×n RBF kernel matrix and its bandwidth, both float64, for particles [n, ...] tensors."""
+def pairwise_sq_dists(particles: Sequence[Tensor]) -> Tensor:
+    """The n×n matrix of squared distances ‖x_i − x_j‖² summed over the tensors (float64, zero diagonal).
+
+    Distances add up over disjoint blocks of coordinates, so ranks that each hold a slice of the particle vector can
+    sum their partial matrices (``fastbayes.svgd.sharded_direction``)."""
     n = particles[0].shape[0]
     gram = torch.zeros(n, n, dtype=torch.float64, device=particles[0].device)
     for x in particles:
@@ -61,11 +64,21 @@ def svgd_kernel_matrix(particles: Sequence[Tensor], bandwidth: Optional[float]) 
     sq = gram.diagonal()
     d = (sq[:, None] + sq[None, :] - 2.0 * gram).clamp_min(0.0)
     d.fill_diagonal_(0.0)
+    return d
+
+
+def kernel_from_dists(d: Tensor, bandwidth: Optional[float]) -> tuple[Tensor, Tensor]:
+    """(K, h) from squared distances: the median heuristic when ``bandwidth`` is None."""
     if bandwidth is None:
         h = median_bandwidth(d)
     else:
         h = torch.tensor(float(bandwidth), dtype=torch.float64, device=d.device)
     return torch.exp(-d / h), h
+
+
+def svgd_kernel_matrix(particles: Sequence[Tensor], bandwidth: Optional[float]) -> tuple[Tensor, Tensor]:
+    """(K, h): the n×n RBF kernel matrix and its bandwidth, both float64, for particles [n, ...] tensors."""
+    return kernel_from_dists(pairwise_sq_dists(particles), bandwidth)
 
 
 def svgd_apply(K: Tensor, h: Tensor, x: Tensor, score: Tensor) -> Tensor:
