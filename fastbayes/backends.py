@@ -126,6 +126,8 @@ def select(device: torch.device, implemented=NAMES) -> str:
     """The backend an op with implementations ``implemented`` runs on for tensors on ``device``."""
     name = forced()
     if name is not None:
+        if not available()[name]:
+            raise RuntimeError(f"backend {name!r} was forced but is unavailable: {why_not()[name]}")
         if name not in implemented:
             raise RuntimeError(f"backend {name!r} does not implement this op (it has {tuple(implemented)})")
         if not supports(name, device):
