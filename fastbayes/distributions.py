@@ -147,6 +147,12 @@ class _TruncatedLogNormalIcdf(torch.autograd.Function):
         return out[0], out[1], out[2], None, None
 
 
+def _validate_by_default(validate_args):
+    """None -> True: these distributions check their arguments unless told not to, whatever torch's global default
+    (importing torch._dynamo, i.e. any torch.compile, switches that default off for the whole process)."""
+    return True if validate_args is None else validate_args
+
+
 class TruncatedLogNormal(Distribution):
     """θ = exp(x), x ~ N(loc, scale²) truncated to [a, b] (log-space bounds, Python floats).
 
@@ -163,7 +169,7 @@ class TruncatedLogNormal(Distribution):
         self.a, self.b = _check_bounds(a, b)
         self.loc, self.scale = broadcast_all(loc, scale)
         batch_shape = torch.Size() if isinstance(loc, Number) and isinstance(scale, Number) else self.loc.size()
-        super().__init__(batch_shape, validate_args=validate_args)
+        super().__init__(batch_shape, validate_args=_validate_by_default(validate_args))
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(TruncatedLogNormal, _instance)
@@ -273,7 +279,7 @@ class LogUniform(Distribution):
 
     def __init__(self, a: float = -20.0, b: float = 0.0, validate_args=None):
         self.a, self.b = _check_bounds(a, b)
-        super().__init__(torch.Size(), validate_args=validate_args)
+        super().__init__(torch.Size(), validate_args=_validate_by_default(validate_args))
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(LogUniform, _instance)

@@ -48,6 +48,7 @@ def _sample(u, mu, sg, al, be, big_l, r, s, lo, hi):
     """θ and what the backward needs (v, w, ε') for uniforms u, in canonical (mirrored) coordinates."""
     v = tl.where(s < 0.0, 1.0 - u, u)
     w = v + (1.0 - v) * r
+    w = tl.where(w < 1.1754943508222875e-38, 1.1754943508222875e-38, w)   # reference W_FLOOR
     eps = ndtri_log(big_l + tl.log(w))
     xs = mu + sg * s * eps
     xs = tl.where(xs < lo, lo, tl.where(xs > hi, hi, xs))

@@ -43,7 +43,8 @@ def _worker(rank, world, port, out):
     dist.all_gather(gathered_g, grad)
     dist.all_gather(gathered_p, params)
     if rank == 0:
-        out.put((torch.stack(gathered_g), torch.stack(gathered_p)))
+        # numpy copies: tensors would travel through shared memory that dies with this process
+        out.put((torch.stack(gathered_g).numpy().copy(), torch.stack(gathered_p).numpy().copy()))
     dist.destroy_process_group()
 
 
@@ -55,7 +56,7 @@ def test_ddp_gloo_two_processes():
     procs = [ctx.Process(target=_worker, args=(r, 2, port, out)) for r in range(2)]
     for p in procs:
         p.start()
-    grads, params = out.get(timeout=240)
+    grads, params = map(torch.from_numpy, out.get(timeout=240))
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0

@@ -21,7 +21,8 @@ def test_backend_matches_reference(kernel_backend, dtype):
     g = torch.randn(mu.shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
     want = ref.gate_stats(mu, ls) + ref.gate_stats_backward(g, mu, ls)
     with fb.backends.use(name):
-        m, l = mu.to(device).requires_grad_(), ls.to(device).requires_grad_()
+        # fresh leaves: .to() may return the module-level grid itself, and grads would pile up across backends
+        m, l = mu.to(device).detach().clone().requires_grad_(), ls.to(device).detach().clone().requires_grad_()
         kl, mean, snr = fb.ops.gate_stats(m, l)
         (kl * g.to(device)).sum().backward()
     got = (kl, mean, snr, m.grad, l.grad)

@@ -191,3 +191,19 @@ def test_extreme_parameters_finite():
         for t in (y, x.grad, m.grad, l.grad):
             assert torch.isfinite(t).all()
         assert torch.all((y.abs() <= x.abs() * (1 + 1e-6)))   # θ ∈ [e^a, e^b] = (0, 1]
+
+
+@pytest.mark.parametrize("u_value", [0.0, 1.0])
+def test_boundary_uniforms_stay_finite(monkeypatch, u_value):
+    """u = 0 (or u = 1, which float32 rounding of Triton's mapping produces) with Φ(α')/Φ(β') underflowed once gave
+    log w = -inf and NaN; w is floored at FLT_MIN in every backend."""
+    from fastbayes.reference import lognormal as ref_mod
+    monkeypatch.setattr(ref_mod, "philox_uniform",
+                        lambda seed, offset, shape, device=None: torch.full(shape, u_value, dtype=torch.float32))
+    mu = torch.tensor([-0.9, -15.0, 3.0, -40.0])        # mirrored and not, both tails
+    ls = torch.tensor([-0.4, -0.2, -1.0, 0.5])
+    x = torch.randn(3, 4, dtype=torch.float64)
+    for dt in (torch.float32, torch.float64):
+        y = ref_mod.lognormal_noise(x.to(dt), mu, ls, None, -20.0, 0.0, 1, "element", 0, 0)
+        grads = ref_mod.lognormal_noise_backward(torch.ones_like(y), x.to(dt), mu, ls, None, -20.0, 0.0, 1, "element", 0, 0)
+        assert torch.isfinite(y).all() and all(torch.isfinite(g).all() for g in grads)

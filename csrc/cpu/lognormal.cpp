@@ -41,6 +41,7 @@ namespace {
 constexpr int kLanes = 128;              // draws per block: stack arrays stay in L1
 constexpr int64_t kGrainElems = 32768;   // elements per parallel_for chunk for the streaming passes
 constexpr int64_t kMaxChunks = 64;       // backward partition (fixed by the shape, not by the thread count)
+constexpr int64_t kUnitTile = 512;       // units per tile of the S == 1 backward: 8 KiB of accumulators
 
 // ---------------------------------------------------------------------------------------------------------
 // Branch-free float32 math for the vectorised lanes (Cephes-style polynomials, ~1 ulp).  The reference uses torch's
@@ -362,7 +363,8 @@ FB_AI void draw_block(int n, uint64_t seed, uint64_t ctr0, const Lanes<float, kU
     const int64_t j = P.at(i);
     const float u = d.u[i];
     const float v = fsel(P.s[j] < 0.0f, 1.0f - u, u);
-    const float w = v + (1.0f - v) * P.r[j];
+    float w = v + (1.0f - v) * P.r[j];
+    w = fsel(w < 1.17549435e-38f, 1.17549435e-38f, w);  // reference W_FLOOR: keeps log w finite
     int32_t asym;
     const float eps = vndtri_log(P.lf[j] + vlog(w), &asym);
     float xs = P.mu[j] + P.sgs[j] * eps;
@@ -618,41 +620,50 @@ FB_AI void backward_range(const BwdArgs<X, G>& A, int64_t klo, int64_t khi) {
     double* __restrict as = am + C;
     if (S == 1) {  // items are rows; lanes run over units
       const int64_t r_end = std::min(A.sh.R, (k + 1) * A.ch.per);
+      if (!kElement) {
+        // unit tiles outer, rows inner: the tile's accumulators stay in L1 instead of streaming 2·C doubles per row
+        for (int64_t c0 = 0; c0 < C; c0 += kUnitTile) {
+          const int64_t nc = std::min<int64_t>(kUnitTile, C - c0);
+          double* __restrict bm = am + c0;
+          double* __restrict bs = as + c0;
+          for (int64_t row = k * A.ch.per; row < r_end; ++row) {
+            const int64_t e0 = row * C + c0;
+            const int64_t t0 = (A.per_sample ? (row / P) * C : 0) + c0;
+            const float* __restrict t = A.th + t0;
+            const float* __restrict m = A.fm + t0;
+            const float* __restrict s = A.fs + t0;
+#pragma omp simd
+            for (int64_t c = 0; c < nc; ++c) {
+              const float gv = to_f(g[e0 + c]);
+              const double gx = static_cast<double>(gv * to_f(x[e0 + c]));
+              dx[e0 + c] = from_f<X>(gv * t[c]);
+              bm[c] += gx * static_cast<double>(m[c]);
+              bs[c] += gx * static_cast<double>(s[c]);
+            }
+          }
+        }
+        continue;
+      }
       for (int64_t row = k * A.ch.per; row < r_end; ++row) {
         const G* gr = g + row * C;
         const X* xr = x + row * C;
         X* dr = dx + row * C;
-        if (!kElement) {
-          const int64_t t0 = A.per_sample ? (row / P) * C : 0;
-          const float* __restrict t = A.th + t0;
-          const float* __restrict m = A.fm + t0;
-          const float* __restrict s = A.fs + t0;
+        for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
+          const int n = static_cast<int>(std::min<int64_t>(kLanes, C - c0));
+          const auto PL = lanes_at<float, false>(U, c0);
+          draw_block<kIsa, false>(n, A.D.seed, A.D.offset + static_cast<uint64_t>(row * C + c0), PL, A.D.a, A.D.b, d);
+          grad_block<false, 2>(n, PL, d, gm, gs);
+          const uint8_t* kp = keep + c0;
+          double* __restrict bm = am + c0;
+          double* __restrict bs = as + c0;
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            const float gv = to_f(gr[c]);
-            const double gx = static_cast<double>(gv * to_f(xr[c]));
-            dr[c] = from_f<X>(gv * t[c]);
-            am[c] += gx * static_cast<double>(m[c]);
-            as[c] += gx * static_cast<double>(s[c]);
-          }
-        } else {
-          for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
-            const int n = static_cast<int>(std::min<int64_t>(kLanes, C - c0));
-            const auto PL = lanes_at<float, false>(U, c0);
-            draw_block<kIsa, false>(n, A.D.seed, A.D.offset + static_cast<uint64_t>(row * C + c0), PL, A.D.a, A.D.b, d);
-            grad_block<false, 2>(n, PL, d, gm, gs);
-            const uint8_t* kp = keep + c0;
-            double* __restrict bm = am + c0;
-            double* __restrict bs = as + c0;
-#pragma omp simd
-            for (int i = 0; i < n; ++i) {
-              const float gv = to_f(gr[c0 + i]);
-              const float t = fsel(kp[i] != 0, d.th[i], 0.0f);
-              const float gxt = gv * to_f(xr[c0 + i]) * t;
-              dr[c0 + i] = from_f<X>(gv * t);
-              bm[i] += static_cast<double>(gxt * gm[i]);
-              bs[i] += static_cast<double>(gxt * gs[i]);
-            }
+          for (int i = 0; i < n; ++i) {
+            const float gv = to_f(gr[c0 + i]);
+            const float t = fsel(kp[i] != 0, d.th[i], 0.0f);
+            const float gxt = gv * to_f(xr[c0 + i]) * t;
+            dr[c0 + i] = from_f<X>(gv * t);
+            bm[i] += static_cast<double>(gxt * gm[i]);
+            bs[i] += static_cast<double>(gxt * gs[i]);
           }
         }
       }
@@ -783,7 +794,8 @@ void make_table(bool backward, const UnitTable<float>& U, const Draw& D, int64_t
 
 Chunks make_chunks(int64_t items, int64_t numel, int64_t C) {
   int64_t k = std::clamp<int64_t>(numel / kGrainElems, 1, kMaxChunks);
-  k = std::min<int64_t>(k, std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(C, 1)));  // ≤ 64 MiB acc
+  // the chunks' 2·C double accumulators are zeroed and summed: keep them under ~1/8 of the 12 bytes/element moved
+  k = std::min<int64_t>(k, std::max<int64_t>(1, numel * 3 / (32 * std::max<int64_t>(C, 1))));
   k = std::max<int64_t>(1, std::min(k, items));
   const int64_t per = std::max<int64_t>(1, (items + k - 1) / k);
   return {(items + per - 1) / per, per};

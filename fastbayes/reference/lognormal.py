@@ -31,6 +31,7 @@ from .special import log_ndtr, ndtri_log
 
 GRANULARITIES = ("batch", "sample", "element")
 FAR_TAIL = 16.0
+W_FLOOR = 1.1754943508222875e-38   # FLT_MIN, the floor of w in every dtype and backend
 
 
 def math_dtype(x: torch.Tensor) -> torch.dtype:
@@ -85,7 +86,9 @@ def theta(x_shape, mu, log_sigma, a, b, dim, granularity, seed, offset, dtype):
     u = philox_uniform(seed, offset, tshape, device=mu.device).to(dtype)
     m, sg, al, be, far, r, s = (_view(t, len(x_shape), dim) for t in unit_params(mu, log_sigma, a, b, dtype))
     v = torch.where(s < 0, 1.0 - u, u)
-    w = v + (1.0 - v) * r
+    # u = 0 (or 1 when mirrored) with r underflowed gives w = 0 and log w = -inf; the floor keeps ε' finite and
+    # inside [α', β'] (it only moves these measure-zero draws)
+    w = torch.clamp_min(v + (1.0 - v) * r, W_FLOOR)
     eps_c = ndtri_log(far + torch.log(w))
     xs = torch.clamp(m + sg * s * eps_c, a, b)
     return torch.exp(xs), v, w, eps_c, (sg, al, be, r, s)

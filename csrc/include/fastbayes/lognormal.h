@@ -29,7 +29,14 @@ FB_INLINE LognormalUnit<T> lognormal_unit(double mu, double log_sigma, double a,
   const bool mirror = (al + be) > 0;
   const double al_c = mirror ? -be : al, be_c = mirror ? -al : be;
   const double far = log_ndtr(be_c);
-  const double r = ::exp(log_ndtr(al_c) - far);
+  // r = Φ(α')/Φ(β') is exactly 0 in T when log Φ(α') - log Φ(β') lies below T's exp underflow (e^-104 < 2^-150
+  // rounds to 0 in float; exp underflows to 0 in double below -745.2).  The Mills bound log Φ(x) < -x²/2 - log(-x)
+  // - ½log 2π (x < 0) detects that without the second log_ndtr, which is half the prologue's cost and the usual
+  // case (μ inside [a, b] with small σ puts α' far in the tail).
+  const double underflow = sizeof(T) == sizeof(float) ? -110.0 : -750.0;
+  const double r = (al_c < -1.0 && -0.5 * al_c * al_c - ::log(-al_c) - kHalfLog2Pi - far < underflow)
+                       ? 0.0
+                       : ::exp(log_ndtr(al_c) - far);
   return {static_cast<T>(mu), static_cast<T>(sigma), static_cast<T>(al_c), static_cast<T>(be_c),
           static_cast<T>(far), static_cast<T>(r), static_cast<T>(mirror ? -1.0 : 1.0)};
 }
@@ -46,7 +53,8 @@ FB_INLINE LognormalDraw<T> lognormal_draw(float u32, const LognormalUnit<T>& p, 
   const T one = static_cast<T>(1);
   LognormalDraw<T> d;
   d.v = p.s < 0 ? one - u : u;
-  d.w = d.v + (one - d.v) * p.r;
+  // u = 0 (or 1 when mirrored) with r underflowed: w = 0 -> log w = -inf; floor at FLT_MIN as the reference does
+  d.w = detail::clamp_min(d.v + (one - d.v) * p.r, static_cast<T>(1.1754943508222875e-38));
   d.eps = ndtri_log<T>(p.log_far + detail::log_(d.w));
   // torch.clamp(x, a, b) = min(max(x, a), b), NaN propagating
   const T xs = detail::clamp_max(detail::clamp_min(p.mu + p.sigma * p.s * d.eps, a), b);
