@@ -7,9 +7,9 @@ EPOCHS=${1:-20}
 FINETUNE=${2:-5}
 OUT=benchmarks/results/bmrs_fashion
 mkdir -p "$OUT"
-for seed in 0 1 2; do
+for seed in ${SEEDS:-0 1 2}; do
   for model in mlp; do
-    for method in none snr bmrs_n bmrs_u8 bmrs_u4; do
+    for method in snr bmrs_n bmrs_u8 bmrs_u4 none; do
       .venv/bin/python examples/reproduce_bmrs.py --model "$model" --method "$method" --seed "$seed" \
         --epochs "$EPOCHS" --finetune "$FINETUNE" --out "$OUT" >> "$OUT/log.txt" 2>&1
     done

@@ -89,6 +89,8 @@ def main(argv=None) -> int:
                     help="default: fashion-mnist if installed, else digits")
     pd.add_argument("--epochs", type=int, default=6)
     pd.add_argument("--finetune", type=int, default=1, help="last epochs trained with the masks frozen")
+    pd.add_argument("--kl", default="mean", choices=["mean", "elbo"],
+                    help="KL weighting: BMRS code's mean KL (default) or the per-example ELBO, KL/N")
     pd.add_argument("--seed", type=int, default=0)
     pd.add_argument("--batch-size", type=int, default=128)
     pd.add_argument("--lr", type=float, default=1e-3)
@@ -109,7 +111,7 @@ def main(argv=None) -> int:
         from .demo import run
         run(args.method, args.model, args.dataset, args.epochs, args.finetune, args.seed, args.out, args.batch_size,
             args.lr, args.max_train, plots=not args.no_plots, n_particles=args.particles,
-            svgd_epochs=args.svgd_epochs)
+            svgd_epochs=args.svgd_epochs, kl=args.kl)
         return 0
     return bench(args)
 
