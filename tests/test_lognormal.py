@@ -1,5 +1,6 @@
 """lognormal_noise: reference against finite differences and the posterior; every backend against the reference."""
 import math
+import zlib
 
 import numpy as np
 import pytest
@@ -40,7 +41,7 @@ SHAPES = [((5, 7, 3, 3), 1), ((3, 11, 13), -1), ((6, 17), 1), ((2, 5, 9), 1)]
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_backend_matches_reference(kernel_backend, gran, shape, dim, masked, dtype):
     name, device = kernel_backend
-    gen = torch.Generator().manual_seed(hash((gran, shape, masked)) % 2 ** 31)
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((gran, shape, masked)).encode()))   # stable across runs
     x, mu, ls = _case(shape, dim, gen, dtype)
     mask = (torch.rand(mu.shape, generator=gen) > 0.3) if masked else None
     gy = torch.randn(shape, generator=gen).to(dtype)
@@ -49,9 +50,9 @@ def test_backend_matches_reference(kernel_backend, gran, shape, dim, masked, dty
     def run(backend, dev):
         xx = x.to(dev).clone().requires_grad_()
         m, l = mu.to(dev).clone().requires_grad_(), ls.to(dev).clone().requires_grad_()
-        with fb.backends.use(backend):
+        with fb.backends.use(backend):   # the backward picks its backend when it runs: keep it inside
             y = fb.ops.lognormal_noise(xx, m, l, mask=None if mask is None else mask.to(dev), **args)
-        y.backward(gy.to(dev))
+            y.backward(gy.to(dev))
         return [t.detach().cpu().float() for t in (y, xx.grad, m.grad, l.grad)]
 
     want = run("reference", "cpu")

@@ -41,7 +41,7 @@ namespace {
 constexpr int kLanes = 128;              // draws per block: stack arrays stay in L1
 constexpr int64_t kGrainElems = 32768;   // elements per parallel_for chunk for the streaming passes
 constexpr int64_t kMaxChunks = 64;       // backward partition (fixed by the shape, not by the thread count)
-constexpr int64_t kUnitTile = 512;       // units per tile of the S == 1 backward: 8 KiB of accumulators
+constexpr int64_t kUnitTile = 2048;      // units per tile of the S == 1 backward: 8 KiB runs per row and stream
 
 // ---------------------------------------------------------------------------------------------------------
 // Branch-free float32 math for the vectorised lanes (Cephes-style polynomials, ~1 ulp).  The reference uses torch's
@@ -626,6 +626,26 @@ FB_AI void backward_range(const BwdArgs<X, G>& A, int64_t klo, int64_t khi) {
           const int64_t nc = std::min<int64_t>(kUnitTile, C - c0);
           double* __restrict bm = am + c0;
           double* __restrict bs = as + c0;
+          if (!A.per_sample) {  // "batch": the factors are per unit, so sum g·x over the rows and scale once
+            alignas(64) double sgx[kUnitTile];
+            std::fill(sgx, sgx + nc, 0.0);
+            const float* __restrict t = A.th + c0;
+            for (int64_t row = k * A.ch.per; row < r_end; ++row) {
+              const int64_t e0 = row * C + c0;
+#pragma omp simd
+              for (int64_t c = 0; c < nc; ++c) {
+                const float gv = to_f(g[e0 + c]);
+                dx[e0 + c] = from_f<X>(gv * t[c]);
+                sgx[c] += static_cast<double>(gv * to_f(x[e0 + c]));
+              }
+            }
+#pragma omp simd
+            for (int64_t c = 0; c < nc; ++c) {
+              bm[c] += sgx[c] * static_cast<double>(A.fm[c0 + c]);
+              bs[c] += sgx[c] * static_cast<double>(A.fs[c0 + c]);
+            }
+            continue;
+          }
           for (int64_t row = k * A.ch.per; row < r_end; ++row) {
             const int64_t e0 = row * C + c0;
             const int64_t t0 = (A.per_sample ? (row / P) * C : 0) + c0;
