@@ -367,4 +367,5 @@ def lognormal_noise_backward(grad_y, x, mu, log_sigma, mask, a: float, b: float,
                                              offset, MODE=mode, BLOCK_M=bm, BLOCK_K=bk, num_warps=warps)
     # second stage: a fixed-order reduction over row blocks and the dims after the unit axis
     dmu, dls = part.view(2, nmb, c, s).sum(dim=(1, 3))
-    return dx, dmu.to(mu.dtype), dls.to(log_sigma.dtype)
+    # two rows of one tensor: copy, a custom op's outputs must not alias each other
+    return dx, dmu.to(mu.dtype, copy=True), dls.to(log_sigma.dtype, copy=True)
