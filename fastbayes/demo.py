@@ -34,6 +34,20 @@ def _progress(iterable, **kw):
         return iterable
 
 
+def _prepare(out, dataset, seed, max_train):
+    """Every method's common start: the output folder, the data set (Fashion-MNIST if installed, else digits),
+    the seeded 80/20 train/validation split (optionally cut to ``max_train``) and the test split."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if dataset is None:
+        dataset = "fashion-mnist" if data.available()["fashion-mnist"] else "digits"
+    torch.manual_seed(seed)
+    train, val = data.train_val_split(data.load(dataset, "train"), 0.2, seed)
+    if max_train:
+        train = data.Split(train.x[:max_train], train.y[:max_train])
+    return out, dataset, train, val, data.load(dataset, "test")
+
+
 @torch.no_grad()
 def accuracy(model, split, batch_size: int = 1000) -> float:
     model.eval()
@@ -89,16 +103,7 @@ def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None 
         raise ValueError(f"method must be one of {tuple(METHODS) + ('dllp', 'bernoulli')}, got {method!r}")
     if epochs < 1 or finetune < 0 or finetune >= epochs:
         raise ValueError(f"need epochs >= 1 and 0 <= finetune < epochs, got epochs={epochs}, finetune={finetune}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if dataset is None:
-        dataset = "fashion-mnist" if data.available()["fashion-mnist"] else "digits"
-    torch.manual_seed(seed)
-    full = data.load(dataset, "train")
-    train, val = data.train_val_split(full, 0.2, seed)
-    if max_train:
-        train = data.Split(train.x[:max_train], train.y[:max_train])
-    test = data.load(dataset, "test")
+    out, dataset, train, val, test = _prepare(out, dataset, seed, max_train)
     criterion, options, granularity = METHODS[method]
     model = build(model_name, tuple(train.x.shape[1:]))
     gates = add_gates(model, granularity=granularity)
@@ -256,16 +261,7 @@ def _run_dllp(model_name, dataset, epochs, seed, out, batch_size, lr, max_train,
 
     if not isinstance(epochs, int) or epochs < 1 or not isinstance(svgd_epochs, int) or svgd_epochs < 1:
         raise ValueError(f"need epochs >= 1 and svgd_epochs >= 1, got epochs={epochs}, svgd_epochs={svgd_epochs}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if dataset is None:
-        dataset = "fashion-mnist" if data.available()["fashion-mnist"] else "digits"
-    torch.manual_seed(seed)
-    full = data.load(dataset, "train")
-    train, val = data.train_val_split(full, 0.2, seed)
-    if max_train:
-        train = data.Split(train.x[:max_train], train.y[:max_train])
-    test = data.load(dataset, "test")
+    out, dataset, train, val, test = _prepare(out, dataset, seed, max_train)
     model = build(model_name, tuple(train.x.shape[1:]))
     log = print if not quiet else (lambda *a, **k: None)
     log(f"fastbayes demo: dllp on {model_name} / {dataset} ({len(train)} train, {len(val)} val, {len(test)} test), "
@@ -434,16 +430,7 @@ def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_t
 
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"need epochs >= 1, got {epochs!r}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if dataset is None:
-        dataset = "fashion-mnist" if data.available()["fashion-mnist"] else "digits"
-    torch.manual_seed(seed)
-    full = data.load(dataset, "train")
-    train, val = data.train_val_split(full, 0.2, seed)
-    if max_train:
-        train = data.Split(train.x[:max_train], train.y[:max_train])
-    test = data.load(dataset, "test")
+    out, dataset, train, val, test = _prepare(out, dataset, seed, max_train)
     model = build(model_name, tuple(train.x.shape[1:]))
     dense = build(model_name, tuple(train.x.shape[1:]))    # the starting width, for the "before" measurements
     gates = B.attach(model, **BERNOULLI_OPTIONS)
