@@ -26,8 +26,9 @@ RECIPES = {  # BMRS App. C, Fashion-MNIST
     "mlp": dict(batch_size=128, lr=1.5e-3),
     "lenet5-bmrs": dict(batch_size=32, lr=1.4e-3),
 }
-METHODS = {"none": None, "snr": ("snr", {}), "bmrs_n": ("bmrs_n", {}), "bmrs_u8": ("bmrs_u", {"p1": 8}),
-           "bmrs_u4": ("bmrs_u", {"p1": 4})}
+# bmrs_n_code: the released code's ΔF_N, which lacks the 2π inside the log (+0.919, METHODS.md §2.3)
+METHODS = {"none": None, "snr": ("snr", {}), "bmrs_n": ("bmrs_n", {}), "bmrs_n_code": ("bmrs_n", {"code_offset": True}),
+           "bmrs_u8": ("bmrs_u", {"p1": 8}), "bmrs_u4": ("bmrs_u", {"p1": 4})}
 
 
 @torch.no_grad()
@@ -65,10 +66,13 @@ def run(model_name, method, seed, epochs, finetune, out_dir, granularity="elemen
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        kept = None
         if gated:
             schedule.step(epoch)
-        hist.append({"epoch": epoch + 1, "val_accuracy": accuracy(model, val)})
-        print(f"{model_name} {method} seed {seed} epoch {epoch + 1}: val {hist[-1]['val_accuracy']:.4f}", flush=True)
+            kept = sum(int(g.mask.sum()) for g in fb.nn.gates(model).values())
+        hist.append({"epoch": epoch + 1, "val_accuracy": accuracy(model, val), "kept_units": kept})
+        print(f"{model_name} {method} seed {seed} epoch {epoch + 1}: val {hist[-1]['val_accuracy']:.4f}, "
+              f"kept {kept}", flush=True)
     res = {"model": model_name, "method": method, "seed": seed, "epochs": epochs, "finetune": finetune,
            "granularity": granularity if gated else None, "train_seconds": time.perf_counter() - t0,
            "test_accuracy": accuracy(model, test), "history": hist}
@@ -96,5 +100,8 @@ if __name__ == "__main__":
     p.add_argument("--finetune", type=int, default=10)
     p.add_argument("--granularity", default="element")
     p.add_argument("--out", default="benchmarks/results/bmrs_fashion")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     run(a.model, a.method, a.seed, a.epochs, a.finetune, a.out, a.granularity)

@@ -91,6 +91,10 @@ def main(argv=None) -> int:
     pd.add_argument("--finetune", type=int, default=1, help="last epochs trained with the masks frozen")
     pd.add_argument("--kl", default="mean", choices=["mean", "elbo"],
                     help="KL weighting: BMRS code's mean KL (default) or the per-example ELBO, KL/N")
+    pd.add_argument("--gate-lr-factor", type=float, default=10.0,
+                    help="lr multiplier for the gates' mu and log sigma (default 10, as SBP's VGG recipe)")
+    pd.add_argument("--delta-f", default="code", choices=["code", "paper"],
+                    help="bmrs_n: the released BMRS code's Delta F (default; +0.919) or the paper's exact formula")
     pd.add_argument("--seed", type=int, default=0)
     pd.add_argument("--batch-size", type=int, default=128)
     pd.add_argument("--lr", type=float, default=1e-3)
@@ -111,7 +115,8 @@ def main(argv=None) -> int:
         from .demo import run
         run(args.method, args.model, args.dataset, args.epochs, args.finetune, args.seed, args.out, args.batch_size,
             args.lr, args.max_train, plots=not args.no_plots, n_particles=args.particles,
-            svgd_epochs=args.svgd_epochs, kl=args.kl)
+            svgd_epochs=args.svgd_epochs, kl=args.kl,
+            gate_lr_factor=args.gate_lr_factor, delta_f=args.delta_f)
         return 0
     return bench(args)
 

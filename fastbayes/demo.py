@@ -83,12 +83,21 @@ def _accuracy_vs_compression(model, gates, decisions, test, points: int = 12):
 def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None = None, epochs: int = 6,
         finetune: int = 1, seed: int = 0, out: str | Path = "fastbayes-demo", batch_size: int = 128,
         lr: float = 1e-3, max_train: int | None = None, plots: bool = True, quiet: bool = False, *,
-        n_particles: int = 8, svgd_epochs: int = 2, kl: str = "mean") -> dict:
+        n_particles: int = 8, svgd_epochs: int = 2, kl: str = "mean", gate_lr_factor: float = 10.0,
+        delta_f: str = "code") -> dict:
     """Run the demo; returns the report dict (also written to ``out/report.json``).
 
     ``kl`` weights the gates' KL: "mean" (default) is the released BMRS code's mean-CE + mean-KL, which prunes within
     the few epochs a demo has; "elbo" is the per-example ELBO, mean-CE + KL/N (SBP's scaling), which prunes far more
     slowly from a random start (SBP starts from a pretrained network).
+
+    ``gate_lr_factor`` multiplies the learning rate of the gates' μ and log σ (SBP's VGG recipe uses 10×): Adam moves
+    a parameter by about its lr per step, and log σ must travel from -5 to about +3 before a unit is judged, so with
+    the weights' lr that takes ~15 epochs (docs/RESULTS.md §1) and with 10× about 2.
+
+    ``delta_f`` picks the ΔF_N of ``method="bmrs_n"``: "code" (default) is the released BMRS code's, which lacks the
+    2π inside the log and so adds ½·log 2π = 0.919 to ΔF (a prior odds for pruning); "paper" is the exact formula,
+    under which a unit whose posterior has relaxed to the prior sits at ΔF → 0⁻ and is kept (docs/RESULTS.md §1).
 
     ``method="dllp"`` trains the plain network for ``epochs`` epochs, then runs SVGD particle pruning
     (``fastbayes.dllp``) with ``n_particles`` particles for ``svgd_epochs`` epochs; ``finetune`` is unused."""
@@ -97,6 +106,10 @@ def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None 
     if method == "dllp":
         return _run_dllp(model_name, dataset, epochs, seed, out, batch_size, lr, max_train, plots, quiet,
                          n_particles, svgd_epochs)
+    if delta_f not in ("code", "paper"):
+        raise ValueError(f"delta_f must be 'code' or 'paper', got {delta_f!r}")
+    if not gate_lr_factor > 0:
+        raise ValueError(f"gate_lr_factor must be positive, got {gate_lr_factor!r}")
     if kl not in ("mean", "elbo"):
         raise ValueError(f"kl must be 'mean' or 'elbo', got {kl!r}")
     if method not in METHODS:
@@ -105,9 +118,14 @@ def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None 
         raise ValueError(f"need epochs >= 1 and 0 <= finetune < epochs, got epochs={epochs}, finetune={finetune}")
     out, dataset, train, val, test = _prepare(out, dataset, seed, max_train)
     criterion, options, granularity = METHODS[method]
+    if criterion == "bmrs_n":
+        options = {**options, "code_offset": delta_f == "code"}
     model = build(model_name, tuple(train.x.shape[1:]))
     gates = add_gates(model, granularity=granularity)
-    opt = torch.optim.Adam(model.parameters(), lr)
+    gate_params = {id(p) for g in gates.values() for p in (g.mu, g.log_sigma)}
+    opt = torch.optim.Adam([{"params": [p for p in model.parameters() if id(p) not in gate_params]},
+                            {"params": [p for g in gates.values() for p in (g.mu, g.log_sigma)],
+                             "lr": lr * gate_lr_factor}], lr)
     schedule = PruneSchedule(model, criterion, prune_epochs=epochs - finetune, **options)
     n = len(train)
     history = []
@@ -159,7 +177,7 @@ def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None 
     decisions = {name: (final.statistics[name], higher_prunes) for name in gates}
     curve = _accuracy_vs_compression(model, gates, decisions, test)
     rep = {
-        "kl_weighting": kl, "method": method, "dataset": dataset, "model": model_name, "epochs": epochs, "finetune_epochs": finetune,
+        "kl_weighting": kl, "gate_lr": lr * gate_lr_factor, "criterion_options": options, "method": method, "dataset": dataset, "model": model_name, "epochs": epochs, "finetune_epochs": finetune,
         "seed": seed, "granularity": granularity, "criterion": final.rule,
         "test_accuracy_before": acc_before, "test_accuracy_masked": acc_masked, "test_accuracy_after": acc_after,
         "params_before": m_before["params"], "params_after": m_after["params"],

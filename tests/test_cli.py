@@ -52,3 +52,18 @@ def test_demo_bad_arguments(tmp_path):
         run("bmrs_n", epochs=1, finetune=1, out=tmp_path)
     with pytest.raises(ValueError, match="kl"):
         run("bmrs_n", kl="none", out=tmp_path)
+    with pytest.raises(ValueError, match="delta_f"):
+        run("bmrs_n", delta_f="exact", out=tmp_path)
+    with pytest.raises(ValueError, match="gate_lr_factor"):
+        run("bmrs_n", gate_lr_factor=0.0, out=tmp_path)
+
+
+def test_demo_delta_f_choice_reaches_the_criterion(tmp_path):
+    """--delta-f code (default) must prune with the released code's ΔF_N, --delta-f paper with the exact one."""
+    common = ["demo", "--dataset", "digits", "--epochs", "1", "--finetune", "0", "--max-train", "200", "--no-plots"]
+    assert main(common + ["--out", str(tmp_path / "c")]) == 0
+    assert main(common + ["--delta-f", "paper", "--out", str(tmp_path / "p")]) == 0
+    code = json.loads((tmp_path / "c" / "report.json").read_text())
+    paper = json.loads((tmp_path / "p" / "report.json").read_text())
+    assert code["criterion_options"] == {"code_offset": True} and "BMRS code" in code["criterion"]
+    assert paper["criterion_options"] == {"code_offset": False} and paper["criterion"] == "keep if ΔF_N < 0"

@@ -36,7 +36,7 @@ def bmrs_n(gate, scale: float = 1e-6, code_offset: bool = False) -> Decision:
         raise ValueError(f"scale must be positive, got {scale!r}")
     sigma = gate.clamped_log_sigma().detach().to(torch.float64).exp()
     df = delta_f_n(gate.mu.detach(), sigma, gate.a, gate.b, gate.a, scale, code_offset=code_offset)
-    return Decision(df, df < 0, 0.0, "keep if ΔF_N < 0")
+    return Decision(df, df < 0, 0.0, "keep if ΔF_N + ½·log 2π < 0 (BMRS code)" if code_offset else "keep if ΔF_N < 0")
 
 
 def bmrs_u(gate, p1: float = 8, p2: float = 23, lower: str | float | None = None) -> Decision:
