@@ -5,17 +5,20 @@ Writes one JSON with the sparsity, accuracy and reliability (ECE, NLL, Brier, pr
 accuracy mean/std/95 % interval across particles) of
 
 * the pruned DLLP ensemble (every particle, one consensus mask),
-* the single compact network (the particle mean, physically pruned), and
+* the single compact network (the particle mean, physically pruned),
 * the hard-pruned point estimate: magnitude pruning (L2 of incoming weights) of the plain network at the same
-  per-layer sparsity,
+  per-layer sparsity, and
+* BMRS_N (fastbayes's gated training with the BMRS_N criterion, released-code ΔF, as ``fastbayes.demo``) trained from
+  scratch for the same number of passes over the data as the plain + SVGD phases (``--bmrs-epochs``, 0 skips it),
 
-plus a reliability diagram of the ensemble against the point estimate.  Defaults keep the run under ~15 minutes on 2
-CPU cores (BMRS's Lenet5 on 32×32 inputs, 3 plain epochs, 8 particles for 2 SVGD epochs); ``--model lenet5`` runs
-LeNet5-Caffe (about 5× the compute per example).  Needs the Fashion-MNIST files (``apt-get install
+plus a reliability diagram of all four.  The particles start from the trained network with a jitter of 0.1 × each
+parameter tensor's std and draw their own minibatches (``fastbayes.dllp`` defaults; ``--noise 1e-3 --noise-scale
+absolute --shared-batches`` restores the earlier setting, whose particles stay nearly identical).  ``--model lenet5``
+runs LeNet5-Caffe (about 5× the compute per example).  Needs the Fashion-MNIST files (``apt-get install
 dataset-fashion-mnist``, or ``FASTBAYES_DATA``).
 
     python examples/dllp_fashion.py                                   # defaults
-    python examples/dllp_fashion.py --max-train 2000 --particles 3 --epochs 1 --svgd-epochs 1   # smoke run
+    python examples/dllp_fashion.py --max-train 2000 --particles 3 --epochs 1 --svgd-epochs 1 --bmrs-epochs 1  # smoke
 """
 from __future__ import annotations
 
@@ -29,9 +32,58 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fastbayes import data, dllp
+from fastbayes import add_gates, data, dllp, kl_loss
 from fastbayes.models import build
+from fastbayes.prune import PruneSchedule, compact
 from fastbayes.prune.measure import count_params
+
+
+def train_bmrs_n(args, train, val, test) -> dict:
+    """BMRS_N from scratch as ``fastbayes.demo.run("bmrs_n", ...)`` does it (per-weight multiplicative noise gates,
+    mean CE + mean KL, gate lr ×10, masks recomputed every epoch with the released code's ΔF, the last
+    ``--bmrs-finetune`` epochs with frozen masks), then compacted.  Returns its sparsity and reliability."""
+    from fastbayes.demo import METHODS
+    torch.manual_seed(args.seed)
+    criterion, options, granularity = METHODS["bmrs_n"]
+    model = build(args.model, tuple(train.x.shape[1:]))
+    gates = add_gates(model, granularity=granularity)
+    gate_params = {id(p) for g in gates.values() for p in (g.mu, g.log_sigma)}
+    opt = torch.optim.Adam([{"params": [p for p in model.parameters() if id(p) not in gate_params]},
+                            {"params": [p for p in model.parameters() if id(p) in gate_params], "lr": 10 * args.lr}],
+                           args.lr)
+    finetune = min(args.bmrs_finetune, args.bmrs_epochs - 1)
+    schedule = PruneSchedule(model, criterion, prune_epochs=args.bmrs_epochs - finetune,
+                             **{**options, "code_offset": True})
+    t0 = time.perf_counter()
+    for epoch in range(args.bmrs_epochs):
+        model.train()
+        perm = torch.randperm(len(train))
+        for i in range(0, len(train), args.batch_size):
+            idx = perm[i:i + args.batch_size]
+            loss = F.cross_entropy(model(train.x[idx]), train.y[idx]) + kl_loss(model, reduction="mean")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        schedule.step(epoch)
+        kept = sum(int(g.mask.sum()) for g in gates.values())
+        print(f"bmrs_n epoch {epoch + 1}: val acc {accuracy(model, val):.4f}, kept {kept} units "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    model.eval()
+    masks = {name: g.mask.clone() for name, g in gates.items()}
+    for g in gates.values():
+        g.mask.fill_(True)
+    params_before = count_params(model)
+    for name, g in gates.items():
+        g.mask.copy_(masks[name])
+    small = compact(model, test.x[:1])
+    logits = dllp.predict_logits(small, test.x)
+    return {"method": "BMRS_N (released-code ΔF), fastbayes gates, from scratch",
+            "epochs": args.bmrs_epochs, "finetune_epochs": finetune,
+            "sparsity_units": dllp.sparsity(masks),
+            "kept_per_layer": {k: int(v.sum()) for k, v in masks.items()},
+            "params": count_params(small), "params_gated": params_before,
+            "test_accuracy": accuracy(small, test), "reliability": dllp.reliability_report(logits, test.y),
+            "logits": logits}
 
 
 @torch.no_grad()
@@ -51,7 +103,17 @@ def main(argv=None) -> dict:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the plain training")
     p.add_argument("--svgd-lr", type=float, default=1e-3, help="Adam learning rate inside SVGD")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--noise", type=float, default=1e-3, help="particle jitter (absolute std)")
+    p.add_argument("--noise", type=float, default=dllp.DEFAULT_NOISE,
+                   help="particle jitter: a fraction of each parameter tensor's std (or an absolute std)")
+    p.add_argument("--noise-scale", default="relative", choices=["relative", "absolute"])
+    p.add_argument("--shared-batches", action="store_true",
+                   help="all particles share one minibatch per step (default: each particle draws its own)")
+    p.add_argument("--temperature", type=float, default=1.0, help="likelihood temperature T (posterior ∝ lik^(1/T))")
+    p.add_argument("--bandwidth-scale", type=float, default=1.0, help="multiplies the median-heuristic bandwidth")
+    p.add_argument("--bmrs-epochs", type=int, default=None,
+                   help="BMRS_N training epochs (default: --epochs + --svgd-epochs; 0 skips BMRS_N)")
+    p.add_argument("--bmrs-finetune", type=int, default=1, help="BMRS_N epochs with frozen masks at the end")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--pi", type=float, default=0.5, help="prior slab probability")
     p.add_argument("--spike-ratio", type=float, default=1e-2, help="s0 / s1 of the spike-and-slab prior")
     p.add_argument("--max-train", type=int, default=None, help="use only the first N training examples")
@@ -59,6 +121,9 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default="dllp_fashion.json")
     p.add_argument("--plot", default=None, help="reliability diagram PNG (default: next to --out)")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.bmrs_epochs is None:
+        args.bmrs_epochs = args.epochs + args.svgd_epochs
     command = shlex.join([sys.executable, *(sys.argv if argv is None else [sys.argv[0], *argv])])
     print(f"command: {command}", flush=True)
 
@@ -98,8 +163,11 @@ def main(argv=None) -> dict:
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
         return {"phase": "svgd", "val_accuracy": acc, "seconds": time.perf_counter() - t0}
 
-    ens = dllp.ParticleEnsemble(model, args.particles, args.noise, pi=args.pi, spike_ratio=args.spike_ratio)
-    history += ens.fit(train, args.svgd_epochs, args.svgd_lr, args.batch_size, seed=args.seed, callback=on_epoch)
+    ens = dllp.ParticleEnsemble(model, args.particles, args.noise, noise_scale=args.noise_scale, pi=args.pi,
+                                spike_ratio=args.spike_ratio)
+    history += ens.fit(train, args.svgd_epochs, args.svgd_lr, args.batch_size, seed=args.seed,
+                       per_particle_batches=not args.shared_batches, temperature=args.temperature,
+                       bandwidth_scale=args.bandwidth_scale, callback=on_epoch)
     t_svgd = time.perf_counter() - t0 - t_plain
 
     masks = ens.consensus_mask()
@@ -110,6 +178,10 @@ def main(argv=None) -> dict:
     point_logits = dllp.predict_logits(point, test.x)
     point_small = dllp.compact_masked(model, point_masks, test.x[:1])
     params = count_params(model)
+    t_bmrs0 = time.perf_counter()
+    bmrs = train_bmrs_n(args, train, val, test) if args.bmrs_epochs > 0 else None
+    t_bmrs = time.perf_counter() - t_bmrs0
+    mean_logits = dllp.predict_logits(small, test.x)
     res = {
         "command": command, "model": args.model, "dataset": "fashion-mnist", "n_train": len(train),
         "n_test": len(test), "settings": vars(args),
@@ -122,26 +194,35 @@ def main(argv=None) -> dict:
                           "compression_pct": 100.0 * (1 - count_params(small) / params),
                           "reliability": dllp.reliability_report(ens_logits, test.y)},
         "dllp_compact_mean": {"test_accuracy": accuracy(small, test), "params": count_params(small),
-                              "reliability": dllp.reliability_report(dllp.predict_logits(small, test.x), test.y)},
+                              "reliability": dllp.reliability_report(mean_logits, test.y)},
         "point_estimate": {"method": "magnitude (L2 of incoming weights), same per-layer sparsity",
                            "test_accuracy": accuracy(point, test), "params": count_params(point_small),
                            "reliability": dllp.reliability_report(point_logits, test.y)},
-        "history": history, "seconds": {"plain": t_plain, "svgd": t_svgd, "total": time.perf_counter() - t0},
+        "bmrs_n": None if bmrs is None else {k: v for k, v in bmrs.items() if k != "logits"},
+        "history": history,
+        "seconds": {"plain": t_plain, "svgd": t_svgd, "bmrs_n": t_bmrs, "total": time.perf_counter() - t0},
         "torch_threads": torch.get_num_threads(),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
     plot = Path(args.plot) if args.plot else out.with_suffix(".png")
-    dllp.plot_reliability_diagram({f"DLLP ensemble ({args.particles} particles)": dllp.predictive_mean(ens_logits),
-                                   "magnitude-pruned point estimate": dllp.predictive_mean(point_logits)},
-                                  test.y, plot, title=f"{args.model} / Fashion-MNIST, "
+    series = {f"DLLP ensemble ({args.particles} particles)": dllp.predictive_mean(ens_logits),
+              "DLLP compact particle mean": dllp.predictive_mean(mean_logits),
+              "magnitude-pruned point estimate": dllp.predictive_mean(point_logits)}
+    if bmrs is not None:
+        series[f"BMRS_N ({100 * bmrs['sparsity_units']:.1f}% units pruned)"] = dllp.predictive_mean(bmrs["logits"])
+    dllp.plot_reliability_diagram(series, test.y, plot, title=f"{args.model} / Fashion-MNIST, DLLP "
                                   f"{100 * res['sparsity_units']:.1f}% of units pruned")
     e, q = res["dllp_ensemble"]["reliability"], res["point_estimate"]["reliability"]
     print(f"units pruned {100 * res['sparsity_units']:.1f}% ({res['kept_per_layer']} kept), parameters removed "
           f"{res['dllp_ensemble']['compression_pct']:.1f}%")
     print(f"{'':<28}{'accuracy':>10}{'ECE':>9}{'NLL':>9}{'Brier':>9}{'MI':>9}")
-    for name, r in (("DLLP ensemble", e), ("point estimate (magnitude)", q)):
+    rows = [("DLLP ensemble", e), ("DLLP compact mean", res["dllp_compact_mean"]["reliability"]),
+            ("point estimate (magnitude)", q)]
+    if bmrs is not None:
+        rows.append((f"BMRS_N ({100 * bmrs['sparsity_units']:.1f}% units)", bmrs["reliability"]))
+    for name, r in rows:
         print(f"{name:<28}{r['accuracy']:>10.4f}{r['ece']:>9.4f}{r['nll']:>9.4f}{r['brier']:>9.4f}"
               f"{r['mutual_information']:>9.4f}")
     print(f"particles: accuracy {e['accuracy_mean']:.4f} ± {e['accuracy_std']:.4f}, 95% interval "

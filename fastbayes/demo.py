@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import add_gates, backends, data, kl_loss
+from .nn import param_groups
 from .models import build
 from .prune import PruneSchedule, compact, measure, update_masks
 
@@ -122,10 +123,7 @@ def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None 
         options = {**options, "code_offset": delta_f == "code"}
     model = build(model_name, tuple(train.x.shape[1:]))
     gates = add_gates(model, granularity=granularity)
-    gate_params = {id(p) for g in gates.values() for p in (g.mu, g.log_sigma)}
-    opt = torch.optim.Adam([{"params": [p for p in model.parameters() if id(p) not in gate_params]},
-                            {"params": [p for g in gates.values() for p in (g.mu, g.log_sigma)],
-                             "lr": lr * gate_lr_factor}], lr)
+    opt = torch.optim.Adam(param_groups(model, lr, gate_lr_factor), lr)
     schedule = PruneSchedule(model, criterion, prune_epochs=epochs - finetune, **options)
     n = len(train)
     history = []

@@ -54,6 +54,7 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 DEFAULT_PI = 0.5
 DEFAULT_SPIKE_RATIO = 1e-2
+DEFAULT_NOISE = 0.1            # relative: 0.1 × each parameter tensor's std (ParticleEnsemble, noise_scale)
 N_BINS = 15
 
 
@@ -65,6 +66,14 @@ def _finite(name: str, v, *, positive: bool = False, nonnegative: bool = False) 
     if nonnegative and not v >= 0:
         raise ValueError(f"{name} must be non-negative, got {v!r}")
     return float(v)
+
+
+def _weight_scale(t: Tensor) -> float:
+    """The scale of one trained parameter tensor for the relative jitter: its std over its elements (float64), or
+    its RMS when it has one element or its elements are all equal (e.g. a BatchNorm weight still at 1)."""
+    t = t.detach().double()
+    sd = float(t.std()) if t.numel() > 1 else 0.0
+    return sd if sd > 0 else float(t.pow(2).mean().sqrt())
 
 
 def _posint(name: str, v, minimum: int = 1) -> int:
@@ -309,7 +318,12 @@ class ParticleEnsemble:
     Args:
         model: the trained ("vanilla") network, without fastbayes gates.  It is copied, never changed.
         n_particles: number of particles (>= 2; default 8).
-        noise: standard deviation of the Gaussian jitter added to every parameter of every particle (absolute).
+        noise: size of the Gaussian jitter added to every parameter of every particle (default 0.1).  With
+            ``noise_scale="relative"`` (default) the jitter of a parameter tensor has standard deviation
+            ``noise`` × that tensor's own standard deviation in the trained network (its RMS for a one-element
+            tensor; an all-zero tensor gets none), so every layer is perturbed by the same fraction of its weight
+            scale; with ``noise_scale="absolute"`` ``noise`` is the standard deviation itself, for every tensor.
+        noise_scale: "relative" (default) or "absolute", see ``noise``.
         prunable: names of the Conv/Linear layers whose output units can be pruned; default all but the final
             classifier.
         pi, spike_ratio: the prior's slab probability π (default ½) and s0/s1 (default 1e-2).
@@ -320,13 +334,15 @@ class ParticleEnsemble:
     ``params`` and ``buffers`` are {name: [n, ...] tensor}; the parameters are leaves that require grad.
     """
 
-    def __init__(self, model: nn.Module, n_particles: int = 8, noise: float = 1e-3, prunable=None, *,
-                 pi: float = DEFAULT_PI, spike_ratio: float = DEFAULT_SPIKE_RATIO, slab_var=None,
-                 generator: Optional[torch.Generator] = None):
+    def __init__(self, model: nn.Module, n_particles: int = 8, noise: float = DEFAULT_NOISE, prunable=None, *,
+                 noise_scale: str = "relative", pi: float = DEFAULT_PI, spike_ratio: float = DEFAULT_SPIKE_RATIO,
+                 slab_var=None, generator: Optional[torch.Generator] = None):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
         _posint("n_particles", n_particles, 2)
         noise = _finite("noise", noise, nonnegative=True)
+        if noise_scale not in ("relative", "absolute"):
+            raise ValueError(f"noise_scale must be 'relative' or 'absolute', got {noise_scale!r}")
         if find_gates(model):
             raise ValueError("model carries fastbayes gates; DLLP takes a plain trained network")
         template = copy.deepcopy(model).eval()
@@ -336,7 +352,7 @@ class ParticleEnsemble:
             for p in params.values():
                 if noise > 0 and p.is_floating_point():
                     eps = torch.randn(p.shape, generator=generator, dtype=p.dtype, device="cpu").to(p.device)
-                    p.add_(eps, alpha=noise)
+                    p.add_(eps, alpha=noise * (_weight_scale(p[0]) if noise_scale == "relative" else 1.0))
         self._init(template, layers, params, buffers)
 
     def _init(self, template, layers, params, buffers):
@@ -441,62 +457,130 @@ class ParticleEnsemble:
 
     # -- SVGD -------------------------------------------------------------------------------------------------------
 
+    def _forward_each(self, x: Tensor) -> Tensor:
+        """Outputs of particle j on its own batch x[j], x [n_particles, B, ...] -> [n_particles, B, ...]."""
+        return torch.vmap(self._one, in_dims=(0, 0, 0))(self.params, self.buffers, x)
+
     def fit(self, data, epochs: int = 1, lr: float = 1e-3, batch_size: int = 128, *,
             num_examples: Optional[int] = None, bandwidth: Optional[float] = None,
-            optimizer=torch.optim.Adam, seed: Optional[int] = None,
+            optimizer=torch.optim.Adam, seed: Optional[int] = None, per_particle_batches: bool = True,
+            temperature: float = 1.0, bandwidth_scale: float = 1.0,
             callback: Optional[Callable[[int, "ParticleEnsemble"], Optional[dict]]] = None,
             progress: bool = False) -> list[dict]:
         """Run SVGD on the particles for ``epochs`` passes over ``data`` (an (x, y) pair or a Split).
 
-        Per minibatch of B examples, .grad of each particle holds −[(N/B)·∇ log-lik + ∇ log prior] (N =
-        ``num_examples``, default len(data)) and ``fastbayes.svgd.SVGD`` turns it into −φ for ``optimizer`` (lr
-        ``lr``).  ``callback(epoch, self)`` may return a dict merged into that epoch's history entry.  Returns the
-        history (also in ``self.history``): per epoch the mean NLL per example, the mean responsibility and the units
-        the consensus mask would keep.
+        Per minibatch of B examples, .grad of each particle holds −[(N/(B·T))·∇ log-lik + ∇ log prior] (N =
+        ``num_examples``, default len(data); T = ``temperature``) and ``fastbayes.svgd.SVGD`` turns it into −φ for
+        ``optimizer`` (lr ``lr``).
+
+        Args:
+            per_particle_batches: True (default): every particle draws its own minibatch each step (its own
+                permutation of the data per epoch, one vmapped forward over [n, B] inputs — the same cost as a shared
+                batch), so each particle's score is an independent unbiased estimate of its full-data score; False:
+                all particles share one minibatch (their score noise is then common and does not separate them).
+            temperature: T > 0 of the tempered posterior p(D|w)^(1/T) p(w) (default 1, the Bayes posterior).
+            bandwidth: a fixed RBF bandwidth h; None (default): the median heuristic h = med²/log(n + 1).
+            bandwidth_scale: multiplies the median-heuristic h (default 1; only with ``bandwidth=None``).
+
+        ``callback(epoch, self)`` may return a dict merged into that epoch's history entry.  Returns the history (also
+        in ``self.history``): per epoch the mean NLL per example, the mean responsibility, the units the consensus mask
+        would keep, and SVGD diagnostics at the epoch's last step: ``bandwidth`` (h), ``median_sq_dist`` (median
+        squared distance between particles), ``repulsion_ratio`` (‖repulsive part of φ‖ / ‖driving part‖, Frobenius
+        norms over all particles and parameters) and ``rms_spread`` (RMS over parameters of the particles' std, the
+        average absolute spread per weight).
         """
         x, y = _xy(data)
         _posint("epochs", epochs)
         _posint("batch_size", batch_size)
         lr = _finite("lr", lr, positive=True)
+        temperature = _finite("temperature", temperature, positive=True)
+        bandwidth_scale = _finite("bandwidth_scale", bandwidth_scale, positive=True)
+        if not isinstance(per_particle_batches, bool):
+            raise ValueError(f"per_particle_batches must be a bool, got {per_particle_batches!r}")
+        if bandwidth is not None and bandwidth_scale != 1.0:
+            raise ValueError("bandwidth_scale applies to the median heuristic only; pass bandwidth=None with it")
         n_data = len(x) if num_examples is None else _posint("num_examples", num_examples)
         from .svgd import SVGD
+        from .reference.svgd import kernel_from_dists, pairwise_sq_dists
 
         plist = [p for p in self.params.values() if p.requires_grad]
         opt = SVGD(plist, optimizer=optimizer, bandwidth=bandwidth, lr=lr)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         n, dev = self.n_particles, self.device
         for epoch in range(epochs):
-            perm = torch.randperm(len(x), generator=gen)
-            steps = range(0, len(x), batch_size)
+            if per_particle_batches:
+                perm = torch.stack([torch.randperm(len(x), generator=gen) for _ in range(n)])   # [n, N]
+            else:
+                perm = torch.randperm(len(x), generator=gen)
+            starts = range(0, len(x), batch_size)
+            steps = starts
             if progress:
                 try:
                     from tqdm.auto import tqdm
-                    steps = tqdm(steps, desc=f"svgd epoch {epoch + 1}/{epochs}", leave=False)
+                    steps = tqdm(starts, desc=f"svgd epoch {epoch + 1}/{epochs}", leave=False)
                 except ImportError:
                     pass
-            nll_sum = 0.0
+            nll_sum, diag = 0.0, {}
             for i in steps:
-                idx = perm[i:i + batch_size]
-                xb, yb = x[idx].to(dev), y[idx].to(dev)
                 for p in plist:
                     p.grad = None
-                out = self(xb)
-                nll = F.cross_entropy(out.flatten(0, 1), yb.repeat(n), reduction="sum")  # Σ particles, Σ batch
-                (nll * (n_data / len(idx))).backward()
+                if per_particle_batches:
+                    idx = perm[:, i:i + batch_size]                                  # [n, B]
+                    b = idx.shape[1]
+                    out = self._forward_each(x[idx].to(dev))
+                    yb = y[idx].to(dev).flatten()
+                else:
+                    idx = perm[i:i + batch_size]
+                    b = len(idx)
+                    out = self(x[idx].to(dev))
+                    yb = y[idx].to(dev).repeat(n)
+                nll = F.cross_entropy(out.flatten(0, 1), yb, reduction="sum")       # Σ particles, Σ batch
+                (nll * (n_data / (b * temperature))).backward()
                 self._add_prior_grad()
+                last = i == starts[-1]
+                if bandwidth is None and (bandwidth_scale != 1.0 or last):
+                    with torch.no_grad():
+                        d = pairwise_sq_dists([p.detach() for p in plist if p.grad is not None])
+                        _, h_med = kernel_from_dists(d, None)
+                    if bandwidth_scale != 1.0:
+                        opt.bandwidth = float(h_med) * bandwidth_scale
+                if last:
+                    diag = self._svgd_diagnostics(plist, opt.bandwidth)
                 opt.step()
                 nll_sum += float(nll.detach())
             r = self.responsibilities()
             entry = {"epoch": len(self.history) + 1, "nll": nll_sum / (n * len(x)),
                      "mean_responsibility": float(torch.cat([v.flatten() for v in r.values()]).mean()),
                      "kept_units": sum(int(m.sum()) for m in self.consensus_mask().values()),
-                     "total_units": sum(l.units for l in self.layers)}
+                     "total_units": sum(l.units for l in self.layers), **diag}
             if callback is not None:
                 entry.update(callback(epoch, self) or {})
             self.history.append(entry)
         for p in plist:
             p.grad = None
         return self.history
+
+    @torch.no_grad()
+    def _svgd_diagnostics(self, plist: list[Tensor], bandwidth: Optional[float]) -> dict:
+        """The two parts of φ = (K·G + (2/h)(diag(K1)·X − K·X))/n for the current .grad (= −scores), in float64."""
+        from .reference.svgd import kernel_from_dists, pairwise_sq_dists
+        ps = [p for p in plist if p.grad is not None]
+        n = self.n_particles
+        d = pairwise_sq_dists([p.detach() for p in ps])
+        K, h = kernel_from_dists(d, bandwidth)
+        drive = rep = 0.0
+        var_sum, count = 0.0, 0
+        for p in ps:
+            X = p.detach().reshape(n, -1).double()
+            G = -p.grad.reshape(n, -1).double()
+            drive += float((K @ G).pow(2).sum())
+            rep += float(((2.0 / h) * (K.sum(1, keepdim=True) * X - K @ X)).pow(2).sum())
+            var_sum += float(X.var(0, correction=1).sum())
+            count += X.shape[1]
+        iu = torch.triu_indices(n, n, 1)
+        return {"bandwidth": float(h), "median_sq_dist": float(d[iu[0], iu[1]].median()),
+                "repulsion_ratio": math.sqrt(rep / drive) if drive > 0 else float("inf"),
+                "rms_spread": math.sqrt(var_sum / max(count, 1))}
 
     # -- pruning ----------------------------------------------------------------------------------------------------
 

@@ -148,3 +148,28 @@ def test_torch_compile_fullgraph_matches_eager_and_trains():
         opt.step()
     assert not torch.equal(before, m.conv1.fastbayes_gate.mu.detach())
     assert not torch.equal(outs[0], outs[1])   # fresh noise every compiled call
+
+
+def test_param_groups_split_gates_from_weights():
+    from fastbayes.models import LeNet5
+    m = LeNet5()
+    gates = fb.add_gates(m)
+    groups = fb.nn.param_groups(m, 1e-3, gate_lr_factor=10)
+    rest, gp = groups
+    gate_ids = {id(p) for g in gates.values() for p in (g.mu, g.log_sigma)}
+    assert {id(p) for p in gp["params"]} == gate_ids and gp["lr"] == pytest.approx(1e-2)
+    assert not gate_ids & {id(p) for p in rest["params"]} and "lr" not in rest
+    assert len(rest["params"]) + len(gp["params"]) == len(list(m.parameters()))
+    torch.optim.Adam(groups, 1e-3)          # accepted by an optimiser as is
+
+
+def test_param_groups_bad_arguments():
+    from fastbayes.models import LeNet5
+    m = LeNet5()
+    with pytest.raises(ValueError, match="no gates"):
+        fb.nn.param_groups(m, 1e-3)
+    fb.add_gates(m)
+    with pytest.raises(ValueError, match="lr"):
+        fb.nn.param_groups(m, 0.0)
+    with pytest.raises(ValueError, match="gate_lr_factor"):
+        fb.nn.param_groups(m, 1e-3, gate_lr_factor=-1)

@@ -127,6 +127,35 @@ def gates(model: nn.Module) -> dict[str, nn.Module]:
     return out
 
 
+def param_groups(model: nn.Module, lr: float, gate_lr_factor: float = 10.0) -> list[dict]:
+    """Optimiser parameter groups: every parameter at ``lr``, the gates' parameters at ``lr · gate_lr_factor``.
+
+        opt = torch.optim.Adam(fastbayes.nn.param_groups(model, 1e-3), 1e-3)
+
+    Adam moves a parameter by about its lr per step, and a prunable unit's log σ has to travel from its init (-5)
+    to about +3 before a criterion can judge it; at the weights' lr that takes ~15 epochs of BMRS training, at 10×
+    (SBP's VGG recipe) about 2 (docs/RESULTS.md §1).  Gates shared by coupled layers are listed once.
+    """
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if not (isinstance(gate_lr_factor, (int, float)) and gate_lr_factor > 0):
+        raise ValueError(f"gate_lr_factor must be a positive number, got {gate_lr_factor!r}")
+    gate_params, seen = [], set()
+    for g in gates(model).values():
+        for p in g.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                gate_params.append(p)
+    if not gate_params:
+        raise ValueError("model has no gates: call fastbayes.add_gates(model) first")
+    rest, done = [], set(seen)
+    for p in model.parameters():
+        if id(p) not in done:
+            done.add(id(p))
+            rest.append(p)
+    return [{"params": rest}, {"params": gate_params, "lr": float(lr) * float(gate_lr_factor)}]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Torch-Pruning's view of the model
 
