@@ -7,7 +7,8 @@ accuracy mean/std/95 % interval across particles) of
 * the pruned DLLP ensemble (every particle, one consensus mask),
 * the single compact network (the particle mean, physically pruned),
 * the hard-pruned point estimate: magnitude pruning (L2 of incoming weights) of the plain network at the same
-  per-layer sparsity, and
+  per-layer sparsity; also the same after training the plain network for ``--svgd-epochs`` more epochs (a point
+  estimate with as many passes over the data as plain + SVGD), and
 * BMRS_N (fastbayes's gated training with the BMRS_N criterion, released-code ΔF, as ``fastbayes.demo``) trained from
   scratch for the same number of passes over the data as the plain + SVGD phases (``--bmrs-epochs``, 0 skips it),
 
@@ -23,6 +24,7 @@ dataset-fashion-mnist``, or ``FASTBAYES_DATA``).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shlex
 import sys
@@ -36,6 +38,38 @@ from fastbayes import add_gates, data, dllp, kl_loss
 from fastbayes.models import build
 from fastbayes.prune import PruneSchedule, compact
 from fastbayes.prune.measure import count_params
+
+
+def reliability(logits, labels) -> dict:
+    """``dllp.reliability_report`` plus ``mean_confidence`` (mean max predictive probability): above the accuracy is
+    over-confident, below it under-confident."""
+    rep = dllp.reliability_report(logits, labels)
+    mean = dllp.predictive_mean(logits)
+    rep["mean_confidence"] = float(mean.max(-1).values.mean())
+    # error detection: how well the uncertainty ranks the wrong predictions above the right ones (AUROC, 0.5 = chance)
+    wrong = mean.argmax(-1).cpu() != labels.cpu()
+    logp = torch.log_softmax(logits.double(), -1)
+    h_pred = -(mean * mean.clamp_min(1e-300).log()).sum(-1).cpu()
+    mi = h_pred - (-(logp.exp() * logp).sum(-1).mean(0)).cpu()
+    rep["error_auroc_entropy"] = _auroc(h_pred, wrong)
+    rep["error_auroc_mi"] = _auroc(mi, wrong) if logits.shape[0] > 1 else None
+    return rep
+
+
+def _auroc(score, positive) -> float:
+    """P(score of a random positive > score of a random negative), ties counted ½ (Mann-Whitney U / (n₊ n₋))."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = torch.argsort(score.double())
+    s = score.double()[order]
+    ranks = torch.empty_like(s)
+    ranks[order] = torch.arange(1, len(s) + 1, dtype=torch.float64)
+    _, inv, counts = torch.unique_consecutive(s, return_inverse=True, return_counts=True)   # average tied ranks
+    first = torch.cumsum(counts, 0) - counts
+    avg = (first + (counts + 1) / 2.0).double()
+    ranks[order] = avg[inv]
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def train_bmrs_n(args, train, val, test) -> dict:
@@ -82,7 +116,7 @@ def train_bmrs_n(args, train, val, test) -> dict:
             "sparsity_units": dllp.sparsity(masks),
             "kept_per_layer": {k: int(v.sum()) for k, v in masks.items()},
             "params": count_params(small), "params_gated": params_before,
-            "test_accuracy": accuracy(small, test), "reliability": dllp.reliability_report(logits, test.y),
+            "test_accuracy": accuracy(small, test), "reliability": reliability(logits, test.y),
             "logits": logits}
 
 
@@ -178,6 +212,26 @@ def main(argv=None) -> dict:
     point_logits = dllp.predict_logits(point, test.x)
     point_small = dllp.compact_masked(model, point_masks, test.x[:1])
     params = count_params(model)
+    # a point estimate with the same number of passes over the data: the plain network trained on (same Adam state)
+    # for --svgd-epochs more epochs, then magnitude-pruned at the same per-layer widths
+    t_ft0 = time.perf_counter()
+    ft = copy.deepcopy(model)
+    ft_opt = torch.optim.Adam(ft.parameters(), args.lr)
+    ft_opt.load_state_dict(opt.state_dict())
+    for epoch in range(args.svgd_epochs):
+        ft.train()
+        perm = torch.randperm(len(train))
+        for i in range(0, len(train), args.batch_size):
+            idx = perm[i:i + args.batch_size]
+            loss = F.cross_entropy(ft(train.x[idx]), train.y[idx])
+            ft_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            ft_opt.step()
+    ft.eval()
+    ft_masks = dllp.magnitude_masks(ft, masks)
+    ft_point = dllp.apply_masks(ft, ft_masks)
+    ft_logits = dllp.predict_logits(ft_point, test.x)
+    t_ft = time.perf_counter() - t_ft0
     t_bmrs0 = time.perf_counter()
     bmrs = train_bmrs_n(args, train, val, test) if args.bmrs_epochs > 0 else None
     t_bmrs = time.perf_counter() - t_bmrs0
@@ -186,21 +240,27 @@ def main(argv=None) -> dict:
         "command": command, "model": args.model, "dataset": "fashion-mnist", "n_train": len(train),
         "n_test": len(test), "settings": vars(args),
         "plain": {"test_accuracy": accuracy(model, test), "params": params,
-                  "reliability": dllp.reliability_report(dllp.predict_logits(model, test.x), test.y)},
+                  "reliability": reliability(dllp.predict_logits(model, test.x), test.y)},
         "sparsity_units": dllp.sparsity(masks),
         "kept_per_layer": {k: int(v.sum()) for k, v in masks.items()},
         "total_per_layer": {k: int(v.numel()) for k, v in masks.items()},
         "dllp_ensemble": {"n_particles": args.particles, "params_per_particle": count_params(small),
                           "compression_pct": 100.0 * (1 - count_params(small) / params),
-                          "reliability": dllp.reliability_report(ens_logits, test.y)},
+                          "reliability": reliability(ens_logits, test.y)},
         "dllp_compact_mean": {"test_accuracy": accuracy(small, test), "params": count_params(small),
-                              "reliability": dllp.reliability_report(mean_logits, test.y)},
+                              "reliability": reliability(mean_logits, test.y)},
         "point_estimate": {"method": "magnitude (L2 of incoming weights), same per-layer sparsity",
                            "test_accuracy": accuracy(point, test), "params": count_params(point_small),
-                           "reliability": dllp.reliability_report(point_logits, test.y)},
+                           "reliability": reliability(point_logits, test.y)},
+        "point_estimate_same_budget": {
+            "method": f"plain network trained {args.svgd_epochs} more epochs (as many passes as SVGD), then magnitude "
+                      "pruning at the same per-layer sparsity",
+            "test_accuracy_unpruned": accuracy(ft, test), "test_accuracy": accuracy(ft_point, test),
+            "params": count_params(dllp.compact_masked(ft, ft_masks, test.x[:1])),
+            "reliability": reliability(ft_logits, test.y)},
         "bmrs_n": None if bmrs is None else {k: v for k, v in bmrs.items() if k != "logits"},
         "history": history,
-        "seconds": {"plain": t_plain, "svgd": t_svgd, "bmrs_n": t_bmrs, "total": time.perf_counter() - t0},
+        "seconds": {"plain": t_plain, "svgd": t_svgd, "point_same_budget": t_ft, "bmrs_n": t_bmrs, "total": time.perf_counter() - t0},
         "torch_threads": torch.get_num_threads(),
     }
     out = Path(args.out)
@@ -209,7 +269,8 @@ def main(argv=None) -> dict:
     plot = Path(args.plot) if args.plot else out.with_suffix(".png")
     series = {f"DLLP ensemble ({args.particles} particles)": dllp.predictive_mean(ens_logits),
               "DLLP compact particle mean": dllp.predictive_mean(mean_logits),
-              "magnitude-pruned point estimate": dllp.predictive_mean(point_logits)}
+              "magnitude-pruned point estimate": dllp.predictive_mean(point_logits),
+              "magnitude-pruned, same budget": dllp.predictive_mean(ft_logits)}
     if bmrs is not None:
         series[f"BMRS_N ({100 * bmrs['sparsity_units']:.1f}% units pruned)"] = dllp.predictive_mean(bmrs["logits"])
     dllp.plot_reliability_diagram(series, test.y, plot, title=f"{args.model} / Fashion-MNIST, DLLP "
@@ -217,14 +278,15 @@ def main(argv=None) -> dict:
     e, q = res["dllp_ensemble"]["reliability"], res["point_estimate"]["reliability"]
     print(f"units pruned {100 * res['sparsity_units']:.1f}% ({res['kept_per_layer']} kept), parameters removed "
           f"{res['dllp_ensemble']['compression_pct']:.1f}%")
-    print(f"{'':<28}{'accuracy':>10}{'ECE':>9}{'NLL':>9}{'Brier':>9}{'MI':>9}")
+    print(f"{'':<28}{'accuracy':>10}{'conf':>9}{'ECE':>9}{'NLL':>9}{'Brier':>9}{'MI':>9}{'AUC(H)':>8}")
     rows = [("DLLP ensemble", e), ("DLLP compact mean", res["dllp_compact_mean"]["reliability"]),
-            ("point estimate (magnitude)", q)]
+            ("point estimate (magnitude)", q),
+            ("point est., same budget", res["point_estimate_same_budget"]["reliability"])]
     if bmrs is not None:
         rows.append((f"BMRS_N ({100 * bmrs['sparsity_units']:.1f}% units)", bmrs["reliability"]))
     for name, r in rows:
-        print(f"{name:<28}{r['accuracy']:>10.4f}{r['ece']:>9.4f}{r['nll']:>9.4f}{r['brier']:>9.4f}"
-              f"{r['mutual_information']:>9.4f}")
+        print(f"{name:<28}{r['accuracy']:>10.4f}{r['mean_confidence']:>9.4f}{r['ece']:>9.4f}{r['nll']:>9.4f}{r['brier']:>9.4f}"
+              f"{r['mutual_information']:>9.4f}{r['error_auroc_entropy']:>8.4f}")
     print(f"particles: accuracy {e['accuracy_mean']:.4f} ± {e['accuracy_std']:.4f}, 95% interval "
           f"[{e['accuracy_ci95'][0]:.4f}, {e['accuracy_ci95'][1]:.4f}]; compact particle mean "
           f"{res['dllp_compact_mean']['test_accuracy']:.4f}")

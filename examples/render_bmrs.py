@@ -13,7 +13,8 @@ PAPER = {
     ("lenet5-bmrs", "bmrs_n"): ("88.02 ± 1.00", "77.90 ± 2.44"), ("lenet5-bmrs", "bmrs_u8"): ("87.61 ± 0.72", "77.23 ± 3.49"),
     ("lenet5-bmrs", "bmrs_u4"): ("88.72 ± 0.73", "81.10 ± 1.50"),
 }
-ORDER = ["none", "snr", "bmrs_n", "bmrs_u8", "bmrs_u4"]
+PAPER.update({(m, "bmrs_n_code"): PAPER[(m, "bmrs_n")] for m in ("mlp", "lenet5-bmrs")})  # the paper ran the code
+ORDER = ["none", "snr", "bmrs_n", "bmrs_n_code", "bmrs_u8", "bmrs_u4"]
 
 
 def fmt(vals):
@@ -26,8 +27,9 @@ def fmt(vals):
 
 def main(folder="benchmarks/results/bmrs_fashion"):
     runs = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))]
-    lines = ["| model | method | seeds | epochs (fine-tune) | ours: Comp. % | ours: test acc. % | BMRS: Comp. % | BMRS: acc. % |",
-             "|---|---|---|---|---:|---:|---:|---:|"]
+    lines = ["| model | method | seeds | epochs (fine-tune) | ours: kept units | ours: Comp. % | ours: test acc. % | BMRS: Comp. % | BMRS: acc. % |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    points = []
     for model in ("mlp", "lenet5-bmrs"):
         for method in ORDER:
             rs = [r for r in runs if r["model"] == model and r["method"] == method]
@@ -37,9 +39,36 @@ def main(folder="benchmarks/results/bmrs_fashion"):
             acc = [100 * r.get("test_accuracy_compact", r["test_accuracy"]) for r in rs]
             ep = sorted({(r["epochs"], r["finetune"]) for r in rs})
             paper = PAPER.get((model, method), ("—", "—"))
-            lines.append(f"| {model} | {method} | {len(rs)} | {', '.join(f'{e} ({f})' for e, f in ep)} | {fmt(comp)} | "
-                         f"{fmt(acc)} | {paper[0]} | {paper[1]} |")
+            kept = [sum(r["kept_per_layer"].values()) for r in rs if "kept_per_layer" in r]
+            lines.append(f"| {model} | {method} | {len(rs)} | {', '.join(f'{e} ({f})' for e, f in ep)} | {fmt(kept)} | "
+                         f"{fmt(comp)} | {fmt(acc)} | {paper[0]} | {paper[1]} |")
+            points.append((model, method, comp, acc, paper))
     print("\n".join(lines))
+    _plot(points, Path(folder) / "bmrs_table1.png")
+
+
+def _plot(points, path):
+    """Compression vs accuracy: our runs (one dot per seed) beside BMRS Table 1's means (crosses)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    models = sorted({p[0] for p in points})
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    colors = dict(zip(ORDER, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for ax, model in zip(axes[0], models):
+        for m, method, comp, acc, paper in points:
+            if m != model:
+                continue
+            ax.scatter(comp, acc, color=colors[method], label=f"{method} (ours)", alpha=0.8)
+            if paper[0] != "—" and method != "bmrs_n_code":
+                ax.scatter([float(paper[0].split()[0])], [float(paper[1].split()[0])], color=colors[method],
+                           marker="x", s=80, label=f"{method} (BMRS Table 1)")
+        ax.set(title=f"{model}, Fashion-MNIST", xlabel="compression (% parameters removed)", ylabel="test accuracy %")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -309,8 +309,8 @@ def test_attach_defaults_and_state_round_trip():
     g = gates["conv2"]
     fan_in = m.conv2.weight[0].numel()
     assert math.isclose(float(g.log_var1), math.log(2.0 / fan_in), rel_tol=1e-6)
-    assert math.isclose(float(g.log_var0), math.log(2e-4 / fan_in), rel_tol=1e-6)
-    assert torch.allclose(g.theta, torch.full((6,), 0.9)) and gates["fc1"].dim == -1
+    assert math.isclose(float(g.log_var0), math.log(2e-2 / fan_in), rel_tol=1e-6)     # σ0 = 0.1·σ1
+    assert torch.equal(g.theta.detach(), torch.ones(6)) and gates["fc1"].dim == -1    # θ init 1
     with torch.no_grad():
         g.theta.copy_(torch.tensor([0.0, 0.2, 0.6, 1.0, 0.5, 0.7]))
         g.mask[4] = False
@@ -386,7 +386,7 @@ def test_prior_loss_one_launch_equals_per_unit_sum(monkeypatch):
         k = rows.shape[1] + (layer.bias is not None)
         th = torch.where(gate.frozen, 1.0, gate.theta.double())
         s1 = 2.0 / rows.shape[1]
-        c = [sq / (2 * v) + k / 2 * math.log(2 * math.pi * v) for v in (s1 * 1e-4, s1)]
+        c = [sq / (2 * v) + k / 2 * math.log(2 * math.pi * v) for v in (s1 * 1e-2, s1)]
         return ((th * c[1] + (1 - th) * c[0]) * gate.mask).sum() * weight
 
     want = manual(g_bn, m.conv, 1.0) + manual(g_fc, m.fc, 0.5)
@@ -457,8 +457,8 @@ def test_exact_theta_grad():
 def test_gates_converge_to_zero_or_one():
     """A teacher using 3 hidden units: the student's gates end at exactly 0 or 1 and drop part of the surplus.
 
-    σ0 = 0.1·σ1 and θ init 0.5 here: with the defaults (σ0 = 0.01·σ1, θ init 0.9) the spike's cost
-    ‖w‖²/(2σ0²) at initial-scale weights pins every θ at 1 for hundreds of steps before any unit is dropped."""
+    σ0 = 0.1·σ1 and θ init 0.5 here (the defaults, θ init 1, wait for the weights to decay into the spike, which
+    takes longer than this test's 300 steps on this toy)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)    # a tiny model: a parallel region costs more than it saves
     try:

@@ -72,7 +72,7 @@ def test_removal_keeps_eval_output_and_slices_adam_state(name):
     layer = dict(model.named_modules())[first]
     old_w, old_avg = layer.weight.detach().clone(), opt.state[layer.weight]["exp_avg"].clone()
     old_sq = opt.state[layer.weight]["exp_avg_sq"].clone()
-    sh = Shrinker(model, opt, every=1, eps=1e-3, example_inputs=x[:2])
+    sh = Shrinker(model, opt, every=1, eps=1e-3, example_inputs=x[:2], freeze=True)
     assert sh.step() is True
     for n, g in gates.items():
         assert g.num_features == widths[n] - 3 and bool(g.mask.all())
@@ -112,7 +112,7 @@ def test_train_mode_same_seed_output_unchanged():
 @pytest.mark.parametrize("name", MODELS)
 def test_training_continues_after_shrinking(name):
     model, gates, opt, x, y = _setup(name, lr=5e-3)
-    sh = Shrinker(model, opt, every=5, eps=1e-3, example_inputs=x[:2])
+    sh = Shrinker(model, opt, every=5, eps=1e-3, example_inputs=x[:2], freeze=True)
     _drop(gates)
     before = sum(g.num_features for g in gates.values())
     losses = []
@@ -133,7 +133,7 @@ def test_frozen_units_get_no_theta_gradient_and_stay_at_one():
     g = gates["layers.0"]
     with torch.no_grad():
         g.theta[:4] = 0.9995
-    sh = Shrinker(model, opt, every=1, eps=1e-3, example_inputs=x[:2])
+    sh = Shrinker(model, opt, every=1, eps=1e-3, example_inputs=x[:2], freeze=True)
     sh.step()
     assert bool(g.frozen[:4].all()) and bool((g.theta[:4] == 1).all())
     loss = F.cross_entropy(model(x), y) + B.prior_loss(model) / N_TRAIN
@@ -167,7 +167,8 @@ def test_bad_arguments():
     model, gates, opt, x, y = _setup("mlp", steps=0)
     for kw, match in [(dict(every=0), "every"), (dict(every=1.5), "every"), (dict(eps=0.0), "eps"),
                       (dict(eps=0.5), "eps"), (dict(min_units=0), "min_units"), (dict(example_inputs=None), "example"),
-                      (dict(example_inputs="x"), "example_inputs")]:
+                      (dict(example_inputs="x"), "example_inputs"), (dict(freeze=1), "freeze"),
+                      (dict(freeze="yes"), "freeze")]:
         args = dict(every=1, eps=1e-3, example_inputs=x[:2])
         args.update(kw)
         with pytest.raises(ValueError, match=match):
@@ -179,3 +180,19 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="BernoulliGate"):
         plain = MLP((20, 5))
         Shrinker(plain, torch.optim.SGD(plain.parameters(), 0.1), example_inputs=x)
+
+
+def test_no_freeze_by_default_units_at_one_can_still_leave():
+    """Default freeze=False: a unit at θ = 1 is not frozen at a check, and when θ later falls to 0 it is removed."""
+    model, gates, opt, x, y = _setup("mlp")
+    g = gates["layers.0"]
+    with torch.no_grad():
+        g.theta.fill_(1.0)
+    sh = Shrinker(model, opt, every=1, eps=1e-3, example_inputs=x[:2])
+    sh.step()
+    assert not bool(g.frozen.any()) and bool((g.theta == 1).all())
+    width = g.num_features
+    with torch.no_grad():
+        g.theta[:2] = 0.0
+    assert sh.step() is True and g.num_features == width - 2
+    assert not bool(g.frozen.any())

@@ -3,7 +3,8 @@
 Design (METHODS.md §3.2, after Guenter & Sideris; the mechanics are fastbayes's own):
 
 * The gates stay in the live model.  Every ``every`` steps, a kept unit with θ ≤ ε is masked (ξ = 0 from now on,
-  θ set to 0) and one with θ ≥ 1 − ε is frozen at θ = 1 (``BernoulliGate.freeze_``).
+  θ set to 0); with ``freeze=True`` one with θ ≥ 1 − ε is also frozen at θ = 1 (``BernoulliGate.freeze_``).  The
+  default leaves θ = 1 free (projected, not frozen): the gates start at θ = 1, so freezing would keep every unit.
 * Physical removal reuses compact()'s machinery: Torch-Pruning's dependency graph of the live model (gates taken out
   of the trace), ``channel_groups`` and the same removability rule (a channel goes only when it is masked at every
   site of its group; at least ``min_units`` stay per group), then ``group.prune()`` in place.  The gate's θ, mask
@@ -24,13 +25,16 @@ Design (METHODS.md §3.2, after Guenter & Sideris; the mechanics are fastbayes's
 
 Usage::
 
-    gates = fastbayes.add_gates(model, kind="bernoulli", init_theta=0.5, sigma0_ratio=0.1)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    gates = fastbayes.add_gates(model, kind="bernoulli")           # θ init 1, σ0 = 0.1·σ1
+    thetas = [g.theta for g in gates.values()]
+    opt = torch.optim.Adam([p for p in model.parameters() if all(p is not t for t in thetas)], 1e-3)
+    theta_opt = torch.optim.SGD(thetas, lr=1.0)                    # projected plain SGD on θ (no state to slice)
     shrinker = fastbayes.prune.Shrinker(model, opt, every=50, eps=1e-3, example_inputs=x[:2])
     for x, y in loader:
         loss = F.cross_entropy(model(x), y) + fastbayes.nn.bernoulli.prior_loss(model) / n_train
-        opt.zero_grad(); loss.backward(); opt.step()
-        shrinker.step()                  # projects θ; every 50 steps freezes, masks and removes units
+        opt.zero_grad(); theta_opt.zero_grad(); loss.backward(); opt.step(); theta_opt.step()
+        shrinker.step()                  # projects θ; every 50 steps masks and removes units
+        theta_opt.param_groups[0]["params"] = [g.theta for g in gates.values()]   # removals replace θ
     net = shrinker.finalize()            # gates folded away: a plain deterministic nn.Module
 """
 from __future__ import annotations
@@ -65,13 +69,17 @@ class Shrinker:
         min_units: keep at least this many channels per group (masked ones stay, exactly 0).
         check: at each removal, compare the eval outputs before and after on ``example_inputs`` (RuntimeError
             beyond a relative error of 1e-5).
+        freeze: also freeze kept units with θ ≥ 1 − ε at θ = 1 for good (no θ gradient afterwards).  Default False:
+            with the gates' default θ init 1 every unit would freeze at the first check and none could ever leave;
+            unfrozen, a unit at θ = 1 is held there by the projection for as long as its θ gradient pushes up, and
+            can still leave when its weights decay into the spike (docs/RESULTS.md §2).
 
     ``history`` holds one entry per check: step, live units (kept, not masked) in total and per gate, frozen units,
     units removed physically in this check.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, every: int = 100, eps: float = 1e-3,
-                 example_inputs=None, *, min_units: int = 1, check: bool = True):
+                 example_inputs=None, *, min_units: int = 1, check: bool = True, freeze: bool = False):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -82,6 +90,8 @@ class Shrinker:
             raise ValueError(f"eps must be a number in (0, 0.5), got {eps!r}")
         if isinstance(min_units, bool) or not isinstance(min_units, int) or min_units < 1:
             raise ValueError(f"min_units must be a positive integer, got {min_units!r}")
+        if not isinstance(freeze, bool):
+            raise ValueError(f"freeze must be True or False, got {freeze!r}")
         if example_inputs is None:
             raise ValueError("example_inputs is required to trace the model")
         _as_args(example_inputs)
@@ -91,7 +101,7 @@ class Shrinker:
         if not any(id(p) in owned for p in model.parameters()):
             raise ValueError("optimizer holds none of model's parameters")
         self.model, self.optimizer, self.every, self.eps = model, optimizer, every, float(eps)
-        self.example_inputs, self.min_units, self.check = example_inputs, min_units, check
+        self.example_inputs, self.min_units, self.check, self.freeze = example_inputs, min_units, check, freeze
         self.steps = 0
         self.removed = 0
         self.history: list[dict] = []
@@ -130,7 +140,8 @@ class Shrinker:
             drop = g.mask & ~g.frozen & (g.theta <= self.eps)
             g.mask &= ~drop
             g.theta.masked_fill_(~g.mask, 0.0)
-            frozen += g.freeze_(self.eps)
+            if self.freeze:
+                frozen += g.freeze_(self.eps)
         reference = eval_outputs(self.model, self.example_inputs) if self.check else None
         n = self._remove()
         if n and self.check:
