@@ -172,17 +172,20 @@ def main(argv=None) -> dict:
         train = data.Split(train.x[:args.max_train], train.y[:args.max_train])
     model = build(args.model, tuple(train.x.shape[1:]))
 
-    opt = torch.optim.Adam(model.parameters(), args.lr)
-    history = []
-    for epoch in range(args.epochs):
-        model.train()
+    def plain_epoch(net, optimizer):
+        net.train()
         perm = torch.randperm(len(train))
         for i in range(0, len(train), args.batch_size):
             idx = perm[i:i + args.batch_size]
-            loss = F.cross_entropy(model(train.x[idx]), train.y[idx])
-            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(net(train.x[idx]), train.y[idx])
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            optimizer.step()
+
+    opt = torch.optim.Adam(model.parameters(), args.lr)
+    history = []
+    for epoch in range(args.epochs):
+        plain_epoch(model, opt)
         history.append({"phase": "plain", "epoch": epoch + 1, "val_accuracy": accuracy(model, val),
                         "seconds": time.perf_counter() - t0})
         print(f"plain epoch {epoch + 1}: val acc {history[-1]['val_accuracy']:.4f} "
@@ -219,14 +222,7 @@ def main(argv=None) -> dict:
     ft_opt = torch.optim.Adam(ft.parameters(), args.lr)
     ft_opt.load_state_dict(opt.state_dict())
     for epoch in range(args.svgd_epochs):
-        ft.train()
-        perm = torch.randperm(len(train))
-        for i in range(0, len(train), args.batch_size):
-            idx = perm[i:i + args.batch_size]
-            loss = F.cross_entropy(ft(train.x[idx]), train.y[idx])
-            ft_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            ft_opt.step()
+        plain_epoch(ft, ft_opt)
     ft.eval()
     ft_masks = dllp.magnitude_masks(ft, masks)
     ft_point = dllp.apply_masks(ft, ft_masks)
