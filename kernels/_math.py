@@ -186,6 +186,7 @@ def _ndtri_tail(r):
     t = tl.sqrt(2.0 * big_l)
     for _ in tl.static_range(3):
         t = tl.sqrt(2.0 * big_l - LOG_2PI - 2.0 * tl.log(t) + 2.0 * log1p(-1.0 / (t * t)))
+    t = tl.where(r > 1e18, r * 1.4142135623730951, t)   # logp < -1e36 or -inf: see reference/special.py
     return tl.where(r <= 5.0, small, tl.where(r <= NDTRI_ASYMPTOTIC_R, mid, t))
 
 
@@ -195,7 +196,7 @@ def ndtri_log(logp):
 
     The lower tail is read from -logp, the upper from -log(-expm1(logp)), so neither p nor 1-p is rounded
     to 0 or 1.  Edge values follow the reference: logp >= 0 gives the finite quantile of the capped tail
-    (37.05 in float64, 12.96 in float32) and logp = -inf gives NaN.
+    (37.05 in float64, 12.96 in float32) and logp = -inf gives -inf.
     """
     logp = tl.where(logp > 0.0, 0.0, logp)
     p = tl.exp(logp)

@@ -311,6 +311,17 @@ def test_ndtri_log(device):
     torch.testing.assert_close(back, z, rtol=1e-8, atol=1e-12)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_ndtri_log_extreme_tail(device, dtype):
+    """p = 0 (logp = -inf) is Φ⁻¹ = -inf, not NaN; and log Φ(Φ⁻¹) returns logp far out (-1e36 and beyond)."""
+    lp = torch.tensor([-float("inf"), -1e37, -1e36, -1e30], dtype=dtype)
+    for got in (ops.ndtri_log(lp.to(device)).cpu(), ref_special.ndtri_log(lp)):
+        assert got[0] == -float("inf") and torch.isfinite(got[1:]).all()
+        back = ref_special.log_ndtr(got[1:].double())          # independent of the quantile's branches
+        torch.testing.assert_close(back, lp[1:].double(), rtol=1e-6 if dtype == torch.float32 else 1e-14, atol=0)
+
+
 # ------------------------------------------------------------------------------------------ layout and args
 
 @pytest.mark.parametrize("device", DEVICES)

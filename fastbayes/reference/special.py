@@ -31,6 +31,8 @@ _F = (1.0, 5.99832206555887937690e-1, 1.36929880922735805310e-1, 1.4875361290850
 # Beyond r = sqrt(-log p) > 26 (p < 1e-294) PPND16 leaves its fitted range; there we solve the Mills-ratio
 # asymptotic  L = t²/2 + log t + ½log 2π - log(1 - 1/t²)  for t by fixed-point iteration.
 NDTRI_ASYMPTOTIC_R = 26.0
+NDTRI_HUGE_R = 1e18      # beyond it Φ⁻¹ = -√2·r to working precision (r = sqrt(-log p))
+SQRT2 = math.sqrt(2.0)
 
 
 def _poly(c, x):
@@ -67,6 +69,8 @@ def _tail(r: torch.Tensor) -> torch.Tensor:
     t = torch.sqrt(2.0 * big_l)
     for _ in range(3):
         t = torch.sqrt(2.0 * big_l - LOG_2PI - 2.0 * torch.log(t) + 2.0 * torch.log1p(-1.0 / (t * t)))
+    # r > 1e18 (logp < -1e36, or -inf): the corrections are < 1e-34 relative, and the iteration would meet inf - inf
+    t = torch.where(r > NDTRI_HUGE_R, r * SQRT2, t)
     return torch.where(r <= 5.0, small, torch.where(r <= NDTRI_ASYMPTOTIC_R, mid, t))
 
 

@@ -116,6 +116,8 @@ FB_INLINE T ndtri_log_tail(T r) {
                             7.86869131145613259100e-4, 1.84631831751005468180e-5, 1.42151175831644588870e-7,
                             2.04426310338993978564e-15);
   }
+  // r > 1e18 (log p < -1e36, or -inf): t = √2·r to working precision; the iteration would meet inf - inf
+  if (r > static_cast<T>(1e18)) return r * static_cast<T>(1.4142135623730951);
   // L = r², solve t² = 2L - log 2π - 2 log t + 2 log(1 - 1/t²) by three fixed-point steps
   const T rc = detail::clamp_min(r, static_cast<T>(kNdtriAsymptoticR));
   const T big_l = rc * rc;
