@@ -211,26 +211,35 @@ def summary(rep: dict) -> str:
     return "\n".join(lines)
 
 
-def _plots(rep: dict, final, out: Path) -> None:
+def _plot_kept_per_layer(rep: dict, out: Path, title: str) -> None:
+    """Bar chart of kept vs total units per gated layer (log scale), written to ``out/kept_per_layer.png``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(rep["kept_per_layer"])
-    fig, ax = plt.subplots(figsize=(6, 3.5))
     tot = [rep["total_per_layer"][n] for n in names]
     kept = [rep["kept_per_layer"][n] for n in names]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.bar(names, tot, color="#d0d0d0", label="total")
     ax.bar(names, kept, color="#3a7bd5", label="kept")
     for i, (k, t) in enumerate(zip(kept, tot)):
         ax.text(i, t, f"{k}/{t}", ha="center", va="bottom", fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("units")
-    ax.set_title(f"{rep['method']}: kept units per layer")
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "kept_per_layer.png", dpi=120)
     plt.close(fig)
+
+
+def _plots(rep: dict, final, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _plot_kept_per_layer(rep, out, f"{rep['method']}: kept units per layer")
 
     stats = torch.cat([s.flatten() for s in final.statistics.values()]).double()
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -385,21 +394,7 @@ def _plots_dllp(rep: dict, mean_r: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(rep["kept_per_layer"])
-    tot = [rep["total_per_layer"][n] for n in names]
-    kept = [rep["kept_per_layer"][n] for n in names]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(names, tot, color="#d0d0d0", label="total")
-    ax.bar(names, kept, color="#3a7bd5", label="kept")
-    for i, (k, t) in enumerate(zip(kept, tot)):
-        ax.text(i, t, f"{k}/{t}", ha="center", va="bottom", fontsize=8)
-    ax.set_yscale("log")
-    ax.set_ylabel("units")
-    ax.set_title("dllp: kept units per layer (consensus mask)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "kept_per_layer.png", dpi=120)
-    plt.close(fig)
+    _plot_kept_per_layer(rep, out, "dllp: kept units per layer (consensus mask)")
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.hist(torch.cat(list(mean_r.values())).numpy(), bins=50, range=(0, 1), color="#3a7bd5")
@@ -579,18 +574,4 @@ def _plots_bernoulli(rep: dict, out: Path) -> None:
     fig.savefig(out / "units_and_step_time.png", dpi=120)
     plt.close(fig)
 
-    names = list(rep["kept_per_layer"])
-    tot = [rep["total_per_layer"][n] for n in names]
-    kept = [rep["kept_per_layer"][n] for n in names]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(names, tot, color="#d0d0d0", label="total")
-    ax.bar(names, kept, color="#3a7bd5", label="kept")
-    for i, (k, t) in enumerate(zip(kept, tot)):
-        ax.text(i, t, f"{k}/{t}", ha="center", va="bottom", fontsize=8)
-    ax.set_yscale("log")
-    ax.set_ylabel("units")
-    ax.set_title("bernoulli: kept units per layer")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "kept_per_layer.png", dpi=120)
-    plt.close(fig)
+    _plot_kept_per_layer(rep, out, "bernoulli: kept units per layer")

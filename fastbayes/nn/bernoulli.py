@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from ..ops import bernoulli as ops   # the module itself: works before fastbayes.ops re-exports it
-from .insert import GATE_ATTR, _apply_gate, _following_bn, _units, default_layers, gates
+from .insert import GATE_ATTR, _apply_gate, _following_bn, _units, gates, select_layers
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd)
@@ -304,20 +304,7 @@ def attach(model: nn.Module, layers: Iterable[str] | Callable | None = None, *, 
     """
     if placement not in ("output", "bn"):
         raise ValueError(f"placement must be 'output' or 'bn', got {placement!r}")
-    modules = dict(model.named_modules())
-    if layers is None:
-        names = default_layers(model)
-    elif callable(layers):
-        names = [n for n, m in modules.items() if isinstance(m, _WEIGHTED) and layers(n, m)]
-    else:
-        names = list(layers)
-        missing = [n for n in names if n not in modules]
-        if missing:
-            raise ValueError(f"layers names not found in the model: {missing}")
-    excluded = set(exclude)
-    unknown = excluded - set(modules)
-    if unknown:
-        raise ValueError(f"exclude names not found in the model: {sorted(unknown)}")
+    modules, names, excluded = select_layers(model, layers, exclude)
     existing = gates(model)
     out: dict[str, BernoulliGate] = {}
     for name in names:

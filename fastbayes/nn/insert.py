@@ -321,6 +321,26 @@ def _device_of(module: nn.Module):
     return None
 
 
+def select_layers(model: nn.Module, layers, exclude) -> tuple[dict[str, nn.Module], list[str], set[str]]:
+    """(named modules, the layer names to gate, the excluded names) for ``add_gates`` and ``bernoulli.attach``:
+    ``layers`` None (``default_layers``), a predicate ``(name, module) -> bool`` over Linear/Conv layers, or names."""
+    modules = dict(model.named_modules())
+    if layers is None:
+        names = default_layers(model)
+    elif callable(layers):
+        names = [n for n, m in modules.items() if isinstance(m, (nn.Linear, _CONV)) and layers(n, m)]
+    else:
+        names = list(layers)
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise ValueError(f"layers names not found in the model: {missing}")
+    excluded = set(exclude)
+    unknown = excluded - set(modules)
+    if unknown:
+        raise ValueError(f"exclude names not found in the model: {sorted(unknown)}")
+    return modules, names, excluded
+
+
 def add_gates(model: nn.Module, kind: str = "lognormal", *, layers: Iterable[str] | Callable | None = None,
               exclude: Iterable[str] = (), placement: str | None = None,
               kl_weight: float | dict[str, float] | Callable[[str], float] = 1.0, example_inputs=None,
@@ -353,20 +373,7 @@ def add_gates(model: nn.Module, kind: str = "lognormal", *, layers: Iterable[str
         raise ValueError(f"kind must be one of {(*KINDS, 'bernoulli')}, got {kind!r}")
     if placement not in (None, "output", "bn"):
         raise ValueError(f"placement must be 'output' or 'bn', got {placement!r}")
-    modules = dict(model.named_modules())
-    if layers is None:
-        names = default_layers(model)
-    elif callable(layers):
-        names = [n for n, m in modules.items() if isinstance(m, (nn.Linear, _CONV)) and layers(n, m)]
-    else:
-        names = list(layers)
-        missing = [n for n in names if n not in modules]
-        if missing:
-            raise ValueError(f"layers names not found in the model: {missing}")
-    excluded = set(exclude)
-    unknown = excluded - set(modules)
-    if unknown:
-        raise ValueError(f"exclude names not found in the model: {sorted(unknown)}")
+    modules, names, excluded = select_layers(model, layers, exclude)
     if coupled and example_inputs is not None:
         if placement == "output":
             raise ValueError("placement='output' puts gates before BatchNorm, where a pruned channel is not 0 and "
