@@ -9,14 +9,22 @@ Backends:
 
 Default order per device: CUDA tensors -> cuda, triton, reference; CPU tensors -> cpu, reference.  ``use(name)`` or
 ``FASTBAYES_BACKEND=name`` forces one backend; forcing one that cannot run the tensors at hand raises.
+
+The op registry: each implementation registers itself where it is defined.  The reference modules and the Triton
+launchers call ``register(backend)`` on their functions; the C++/CUDA kernels register with torch's dispatcher
+(``TORCH_LIBRARY_IMPL(fastbayes_C, CPU|CUDA, ...)``) and are found there.  ``implementations(op)`` and
+``ops_of(backend)`` read it; ``resolve(op, device)`` is what an op call uses (cached per op, device and forced
+backend, so the hot path pays one dict lookup).
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import functools
+import importlib
 import importlib.util
 import os
+from typing import Callable
 
 import torch
 
@@ -144,3 +152,83 @@ def select(device: torch.device, implemented=NAMES) -> str:
 def default(device: str | torch.device = "cpu") -> str:
     """The backend automatic dispatch would pick for ``device``."""
     return select(torch.device(device))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# op registry
+
+_PY_IMPLS: dict[str, dict[str, Callable]] = {"reference": {}, "triton": {}}
+# where the Python implementations live: importing a module runs its register() decorators
+_PY_MODULES = {"reference": ("fastbayes.reference.bernoulli", "fastbayes.reference.gate_stats", "fastbayes.reference.special",
+                             "fastbayes.reference.lognormal", "fastbayes.reference.svgd"),
+               "triton": ("fastbayes.kernels",)}
+_COMPILED_KEY = {"cpu": "CPU", "cuda": "CUDA"}
+
+
+def register(backend: str, name: str | None = None):
+    """Decorator: ``fn`` implements the op ``name`` (default ``fn.__name__``) for ``backend`` ("reference"/"triton")."""
+    if backend not in _PY_IMPLS:
+        raise ValueError(f"backend must be one of {tuple(_PY_IMPLS)}, got {backend!r} (C++ ops register with "
+                         "TORCH_LIBRARY_IMPL)")
+
+    def deco(fn):
+        _PY_IMPLS[backend][name or fn.__name__] = fn
+        return fn
+    return deco
+
+
+def _load(backend: str) -> None:
+    for mod in _PY_MODULES.get(backend, ()):
+        importlib.import_module(mod)
+
+
+@functools.lru_cache(None)
+def _compiled_ops(backend: str) -> dict[str, Callable]:
+    """The ops that fastbayes._C registered a ``backend`` ("cpu"/"cuda") kernel for, from torch's dispatcher."""
+    from . import _C  # noqa: F401  (loading the library registers its ops)
+    key = _COMPILED_KEY[backend]
+    names = [n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("fastbayes_C::")]
+    return {n: getattr(torch.ops.fastbayes_C, n) for n in sorted(names)
+            if torch._C._dispatch_has_kernel_for_dispatch_key(f"fastbayes_C::{n}", key)}
+
+
+def ops_of(backend: str) -> dict[str, Callable]:
+    """{op name: implementation} that ``backend`` provides (empty when the backend is unavailable)."""
+    _check_name(backend)
+    if not available()[backend]:
+        return {}
+    if backend in _COMPILED_KEY:
+        return dict(_compiled_ops(backend))
+    _load(backend)
+    return dict(_PY_IMPLS[backend])
+
+
+def implementations(op: str) -> dict[str, Callable]:
+    """{backend: implementation} of ``op`` over the available backends, in NAMES order."""
+    out = {}
+    for name in NAMES:
+        fn = ops_of(name).get(op)
+        if fn is not None:
+            out[name] = fn
+    return out
+
+
+@functools.lru_cache(None)
+def _resolve(op: str, device_type: str, forced_name: str | None) -> tuple[str, Callable]:
+    impls = implementations(op)
+    if not impls:
+        raise RuntimeError(f"no backend implements the op {op!r}")
+    token = _forced.set(forced_name)
+    try:
+        name = select(torch.device(device_type), tuple(impls))
+    finally:
+        _forced.reset(token)
+    return name, impls[name]
+
+
+def resolve(op: str, device: torch.device) -> tuple[str, Callable]:
+    """(backend, implementation) that a call of ``op`` on ``device`` tensors runs now (see ``select``)."""
+    name = _forced.get()
+    if name is None:
+        name = os.environ.get("FASTBAYES_BACKEND") or None
+    return _resolve(op, device.type, name)

@@ -29,6 +29,7 @@ def info() -> dict:
         "backends": fb.backends.available(),
         "why_not": fb.backends.why_not(),
         "default_backend": {"cpu": fb.backends.default("cpu")},
+        "ops": {name: sorted(fb.backends.ops_of(name)) for name in fb.backends.NAMES},
     }
     try:
         import triton
@@ -53,6 +54,8 @@ def _print_info(d: dict) -> None:
     print("backends:")
     for name, ok in d["backends"].items():
         print(f"  {name:<10} {'available' if ok else 'unavailable: ' + d['why_not'][name]}")
+        if ok:
+            print(f"  {'':<10} ops: {', '.join(d['ops'][name]) or 'none'}")
     print("default: " + ", ".join(f"{dev} tensors -> {b}" for dev, b in d["default_backend"].items()))
 
 

@@ -18,6 +18,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from ..backends import register
 
 
 @triton.jit
@@ -166,6 +167,7 @@ def _prepare(x, theta, mask, dim, seed, offset):
     return n, p, c, s, False, th, xi
 
 
+@register("triton")
 def bernoulli_gate(x, theta, mask, dim: int, seed: int, offset: int) -> torch.Tensor:
     """y = x where ξ else 0, ξ drawn from (seed, offset) exactly as reference.bernoulli.bernoulli_gate."""
     x = x.contiguous()
@@ -181,6 +183,7 @@ def bernoulli_gate(x, theta, mask, dim: int, seed: int, offset: int) -> torch.Te
     return y
 
 
+@register("triton")
 def bernoulli_gate_backward(grad_y, x, theta, mask, dim: int, seed: int, offset: int):
     """(dx, dθ): dx = g·ξ (ξ regenerated) and the straight-through dθ_c = Σ g·x, float64 sums without atomics."""
     if grad_y.shape != x.shape:
@@ -219,6 +222,7 @@ def _prior_block(n):
     return min(triton.next_power_of_2(max(n, 1)), 1 << 14 if _interpreting() else 256)
 
 
+@register("triton")
 def scale_mixture_prior(theta, sq_norm, k, log_var0, log_var1) -> torch.Tensor:
     """Per-unit θ·c1 + (1 − θ)·c0 (float64 math, returned in θ's dtype)."""
     _check_prior(theta, ("sq_norm", sq_norm), ("k", k), ("log_var0", log_var0), ("log_var1", log_var1))
@@ -231,6 +235,7 @@ def scale_mixture_prior(theta, sq_norm, k, log_var0, log_var1) -> torch.Tensor:
     return out
 
 
+@register("triton")
 def scale_mixture_prior_backward(grad, theta, sq_norm, k, log_var0, log_var1):
     """(dθ, d sq_norm) = grad·(c1 − c0), grad·(θ/(2σ1²) + (1 − θ)/(2σ0²))."""
     _check_prior(theta, ("grad", grad), ("sq_norm", sq_norm), ("k", k), ("log_var0", log_var0),

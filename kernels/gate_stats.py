@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from ._math import expm1, log1p, log_diff_ndtr
+from ..backends import register
 
 HALF_LOG_2PI = tl.constexpr(0.9189385332046727)
 HALF_LOG_2PIE = tl.constexpr(1.4189385332046727)
@@ -376,6 +377,7 @@ def _launch(kernel, n, device, *args):
         kernel[(triton.cdiv(n, block),)](*args, BLOCK=block, num_warps=4)
 
 
+@register("triton")
 def gate_stats(mu: torch.Tensor, log_sigma: torch.Tensor, a: float = -20.0, b: float = 0.0):
     """(kl, mean, snr) per unit in ``mu.dtype``: KL(q‖LogU[a,b]), E[θ] and E[θ]/sd[θ], computed in float64."""
     a, b = _check_bounds(a, b)
@@ -387,6 +389,7 @@ def gate_stats(mu: torch.Tensor, log_sigma: torch.Tensor, a: float = -20.0, b: f
     return kl, mean, snr
 
 
+@register("triton")
 def gate_stats_backward(grad_kl: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor,
                         a: float = -20.0, b: float = 0.0):
     """(∂L/∂μ, ∂L/∂log σ) from ∂L/∂KL, in the dtypes of ``mu`` and ``log_sigma`` (computed in float64)."""

@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from ._math import log1p, log_ndtr, ndtri_log
+from ..backends import register
 
 GRANULARITIES = ("batch", "sample", "element")
 FAR_TAIL = tl.constexpr(16.0)    # reference.lognormal.FAR_TAIL
@@ -327,6 +328,7 @@ def _draws(tab, t, c, seed, offset, grad):
     return th, fm, fs
 
 
+@register("triton")
 def lognormal_noise(x, mu, log_sigma, mask, a: float, b: float, dim: int, granularity: str, seed: int,
                     offset: int) -> torch.Tensor:
     """y = x · θ · mask, θ drawn from (seed, offset) exactly as reference.lognormal.lognormal_noise."""
@@ -345,6 +347,7 @@ def lognormal_noise(x, mu, log_sigma, mask, a: float, b: float, dim: int, granul
     return y
 
 
+@register("triton")
 def lognormal_noise_backward(grad_y, x, mu, log_sigma, mask, a: float, b: float, dim: int, granularity: str,
                              seed: int, offset: int):
     """(dx, dμ, d log σ) of ``lognormal_noise``, regenerating θ from (seed, offset); reduction without atomics."""

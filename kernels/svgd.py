@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from fastbayes.reference.svgd import median_bandwidth
+from ..backends import register
 
 
 @triton.jit
@@ -114,6 +115,7 @@ def _check_rows(name: str, x: torch.Tensor, n: int) -> None:
         raise ValueError(f"{name} must have n = {n} particles in dim 0, got shape {tuple(x.shape)}")
 
 
+@register("triton")
 def svgd_kernel_matrix(particles, bandwidth):
     """(K, h) as float64 tensors on the particles' device; see reference.svgd.svgd_kernel_matrix."""
     if not particles:
@@ -161,6 +163,7 @@ def svgd_kernel_matrix(particles, bandwidth):
     return torch.exp(-d / h), h
 
 
+@register("triton")
 def svgd_apply(K, h, x, score):
     """φ for one [n, ...] tensor of the particles; see reference.svgd.svgd_apply."""
     n = x.shape[0] if x.dim() else 0

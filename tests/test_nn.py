@@ -173,3 +173,78 @@ def test_param_groups_bad_arguments():
         fb.nn.param_groups(m, 0.0)
     with pytest.raises(ValueError, match="gate_lr_factor"):
         fb.nn.param_groups(m, 1e-3, gate_lr_factor=-1)
+
+
+# --- eval-mode cache and validate-once options ------------------------------------------------------------------
+
+def _eval_expected(g, x):
+    mean = ref_gate_stats(g.mu.detach(), g.clamped_log_sigma().detach(), g.a, g.b)[1] * g.mask
+    return x * mean.to(x.dtype)
+
+
+def test_eval_gate_caches_expected_scale_until_parameters_or_mask_change():
+    torch.manual_seed(0)
+    g = fb.nn.LogNormalGate(6, dim=1).eval()
+    with torch.no_grad():
+        g.mu.uniform_(-2, 0)
+        g.log_sigma.uniform_(-2, 1)
+    x = torch.randn(4, 6)
+    torch.testing.assert_close(g(x), _eval_expected(g, x))
+    first = g.expected_scale()
+    assert g.expected_scale() is first                       # nothing changed: the cached tensor is reused
+    opt = torch.optim.SGD(g.parameters(), lr=0.5)            # a parameter update (in place: bumps the version)
+    g.train()
+    g(x).sum().backward()
+    opt.step()
+    g.eval()
+    assert g.expected_scale() is not first
+    torch.testing.assert_close(g(x), _eval_expected(g, x))
+    second = g.expected_scale()
+    g.mask[2] = False                                        # a mask change
+    assert g.expected_scale() is not second
+    torch.testing.assert_close(g(x), _eval_expected(g, x))
+    assert g(x)[:, 2].abs().max() == 0
+    g.load_state_dict({k: v.clone() for k, v in g.state_dict().items()})   # copy_ into the same tensors
+    torch.testing.assert_close(g(x), _eval_expected(g, x))
+    g.a = -10.0                                              # an option change
+    torch.testing.assert_close(g(x), _eval_expected(g, x))
+
+
+def test_eval_cache_follows_replaced_parameters():
+    g = fb.nn.LogNormalGate(3).eval()
+    x = torch.ones(2, 3)
+    before = g(x)
+    g.mu = torch.nn.Parameter(torch.full((3,), -3.0))        # e.g. a checkpoint loader or Shrinker swapping tensors
+    torch.testing.assert_close(g(x), _eval_expected(g, x))
+    assert not torch.equal(before, g(x))
+
+
+@pytest.mark.parametrize("attr,value,err", [
+    ("a", 1.0, ValueError), ("b", float("nan"), ValueError), ("granularity", "unit", ValueError),
+    ("kl_weight", -1.0, ValueError), ("kl_weight", "1", ValueError), ("dim", 1.5, TypeError),
+])
+def test_gate_options_validated_when_set(attr, value, err):
+    g = fb.nn.LogNormalGate(3)
+    before = (g.a, g.b, g.granularity, g.kl_weight, g.dim)
+    with pytest.raises(err, match=attr if attr not in ("a", "b") else "bound"):
+        setattr(g, attr, value)
+    assert (g.a, g.b, g.granularity, g.kl_weight, g.dim) == before
+
+
+def test_gate_refuses_input_without_its_units():
+    g = fb.nn.LogNormalGate(5, dim=1)
+    with pytest.raises(ValueError, match="5 units"):
+        g(torch.randn(2, 4))
+    with pytest.raises(ValueError, match="floating-point"):
+        g(torch.ones(2, 5, dtype=torch.int64))
+
+
+def test_kl_loss_weights_cached_and_follow_kl_weight_changes():
+    m = MLP()
+    gates = fb.add_gates(m)
+    k1 = fb.kl_loss(m)
+    g = next(iter(gates.values()))
+    g.kl_weight = 3.0
+    want = sum(gg.kl_weight * ref_gate_stats(gg.mu, gg.clamped_log_sigma(), gg.a, gg.b)[0].sum()
+               for gg in gates.values())
+    torch.testing.assert_close(fb.kl_loss(m), want.to(k1.dtype))

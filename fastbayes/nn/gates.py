@@ -1,10 +1,16 @@
 """Gate modules: a learned multiplicative variable per output unit (neuron or channel) of a layer."""
 from __future__ import annotations
 
+import math
+import numbers
+import operator
+
 import torch
 from torch import nn
 
 from .. import ops
+from ..ops import lognormal
+from ..ops._dispatch import check_bounds
 from ..reference.gate_stats import LOG_SIGMA_MAX, LOG_SIGMA_MIN
 from ..reference.lognormal import GRANULARITIES
 
@@ -30,17 +36,62 @@ class LogNormalGate(nn.Module):
         super().__init__()
         if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
             raise ValueError(f"num_features must be a positive integer, got {num_features!r}")
-        if not float(a) < float(b):
-            raise ValueError(f"bound a must be smaller than bound b, got a={a}, b={b}")
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-        if not float(kl_weight) >= 0:
-            raise ValueError(f"kl_weight must be non-negative, got {kl_weight!r}")
-        self.a, self.b, self.dim, self.granularity = float(a), float(b), int(dim), granularity
-        self.kl_weight = float(kl_weight)
+        self._bounds = check_bounds(a, b)
+        self.dim, self.granularity, self.kl_weight = dim, granularity, kl_weight
         self.mu = nn.Parameter(torch.full((num_features,), float(init_mu)))
         self.log_sigma = nn.Parameter(torch.full((num_features,), float(init_log_sigma)))
         self.register_buffer("mask", torch.ones(num_features, dtype=torch.bool))
+        self._eval_cache = None
+
+    # Options are validated when set, so the forward only checks the activation (validate once, not per call).
+    @property
+    def a(self) -> float:
+        return self._bounds[0]
+
+    @a.setter
+    def a(self, value) -> None:
+        self._bounds = check_bounds(value, self._bounds[1])
+
+    @property
+    def b(self) -> float:
+        return self._bounds[1]
+
+    @b.setter
+    def b(self, value) -> None:
+        self._bounds = check_bounds(self._bounds[0], value)
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @dim.setter
+    def dim(self, value) -> None:
+        if isinstance(value, bool):
+            raise TypeError(f"dim must be an integer (the unit axis), got {value!r}")
+        try:
+            self._dim = operator.index(value)
+        except TypeError:
+            raise TypeError(f"dim must be an integer (the unit axis), got {value!r}") from None
+
+    @property
+    def granularity(self) -> str:
+        return self._granularity
+
+    @granularity.setter
+    def granularity(self, value) -> None:
+        if value not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {value!r}")
+        self._granularity = value
+
+    @property
+    def kl_weight(self) -> float:
+        return self._kl_weight
+
+    @kl_weight.setter
+    def kl_weight(self, value) -> None:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"kl_weight must be a finite non-negative number, got {value!r}")
+        self._kl_weight = float(value)
 
     @property
     def num_features(self) -> int:
@@ -49,11 +100,46 @@ class LogNormalGate(nn.Module):
     def clamped_log_sigma(self) -> torch.Tensor:
         return self.log_sigma.clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)
 
+    def _unit_dim(self, x: torch.Tensor) -> int:
+        if not x.is_floating_point():
+            raise ValueError(f"the gate's input must be a floating-point tensor, got dtype {x.dtype}")
+        n = x.dim()
+        d = self._dim + n if self._dim < 0 else self._dim
+        if not 0 <= d < n or x.shape[d] != self.mu.numel():
+            raise ValueError(f"the gate has {self.mu.numel()} units on dim {self._dim}, but its input has shape "
+                             f"{tuple(x.shape)}")
+        if self._granularity == "sample" and d == 0:
+            raise ValueError("granularity='sample' draws one θ per example and unit, so the unit dim must not be 0")
+        return d
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 1:            # an unbatched Linear output: a single sample
             return self.forward(x.unsqueeze(0)).squeeze(0)
-        return ops.lognormal_noise(x, self.mu, self.clamped_log_sigma(), a=self.a, b=self.b, dim=self.dim,
-                                   granularity=self.granularity, mask=self.mask, training=self.training)
+        d = self._unit_dim(x)
+        if not self.training:
+            shape = [1] * x.dim()
+            shape[d] = -1
+            return x * self.expected_scale().to(x.dtype).reshape(shape)
+        a, b = self._bounds
+        return lognormal.noise(x, self.mu, self.clamped_log_sigma(), self.mask, a, b, d, self._granularity, None, 0)
+
+    def expected_scale(self) -> torch.Tensor:
+        """E[θ]·mask per unit (no gradient), cached until ``mu``, ``log_sigma`` or ``mask`` change (by the tensors'
+        version counters), so an eval-mode gate costs one multiply."""
+        if torch.compiler.is_compiling():
+            return self._expected_scale()
+        key = (self.mu, self.log_sigma, self.mask, self.mu._version, self.log_sigma._version, self.mask._version,
+               self._bounds)
+        cache = self._eval_cache
+        if cache is None or len(cache[0]) != len(key) or any(k is not c for k, c in zip(key[:3], cache[0][:3])) \
+                or key[3:] != cache[0][3:]:
+            cache = self._eval_cache = (key, self._expected_scale())
+        return cache[1]
+
+    def _expected_scale(self) -> torch.Tensor:
+        with torch.no_grad():
+            mean = ops.gate_stats(self.mu, self.clamped_log_sigma(), a=self.a, b=self.b)[1]
+            return mean * self.mask
 
     @property
     def posterior(self):

@@ -34,6 +34,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from ..ops.gate_stats import stats as flat_gate_stats
+from ..reference.gate_stats import LOG_SIGMA_MAX, LOG_SIGMA_MIN
 from .gates import LogNormalGate
 
 GATE_ATTR = "fastbayes_gate"
@@ -503,6 +505,24 @@ def attach_gates(model: nn.Module, config: list[dict]) -> dict[str, nn.Module]:
     return gates(model)
 
 
+_WEIGHTS: dict[tuple, torch.Tensor] = {}
+
+
+def _kl_weights(sizes: tuple, layers: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The per-unit KL weights of gates with (num_features, kl_weight) ``sizes``: kl_weight for reduction="sum"
+    (``layers`` = 0), kl_weight / (layers · num_features) for "mean".  Built once per configuration and device, so a
+    training step allocates (and, on a GPU, copies) nothing for them."""
+    key = (sizes, layers, device, dtype)
+    w = _WEIGHTS.get(key)
+    if w is None:
+        if len(_WEIGHTS) >= 256:
+            _WEIGHTS.clear()
+        w = torch.cat([torch.full((n,), kw / (layers * n) if layers else kw, dtype=torch.float64)
+                       for n, kw in sizes]).to(device=device, dtype=dtype)
+        _WEIGHTS[key] = w
+    return w
+
+
 def kl_loss(model: nn.Module, reduction: str = "sum") -> torch.Tensor:
     """Total weighted KL of every LogNormalGate in ``model``, in one fused ``gate_stats`` launch per (a, b).
 
@@ -513,7 +533,6 @@ def kl_loss(model: nn.Module, reduction: str = "sum") -> torch.Tensor:
     """
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-    from .. import ops
     found = [g for g in gates(model).values() if isinstance(g, LogNormalGate)]
     if not found:
         raise ValueError("model has no LogNormalGate: call fastbayes.add_gates(model) first")
@@ -522,13 +541,11 @@ def kl_loss(model: nn.Module, reduction: str = "sum") -> torch.Tensor:
     for g in found:
         groups.setdefault((g.a, g.b), []).append(g)
     for (a, b), gs in groups.items():
-        mu = torch.cat([g.mu for g in gs])
-        ls = torch.cat([g.clamped_log_sigma() for g in gs])
-        if reduction == "sum":
-            w = [torch.full((g.num_features,), g.kl_weight) for g in gs]
-        else:
-            w = [torch.full((g.num_features,), g.kl_weight / (len(found) * g.num_features)) for g in gs]
-        weights = torch.cat(w).to(device=mu.device, dtype=mu.dtype)
-        kl = (ops.gate_stats(mu, ls, a=a, b=b)[0] * weights).sum()
+        mu = torch.cat([g.mu for g in gs]) if len(gs) > 1 else gs[0].mu
+        ls = torch.cat([g.log_sigma for g in gs]) if len(gs) > 1 else gs[0].log_sigma
+        ls = ls.clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)
+        scale = len(found) if reduction == "mean" else 0
+        weights = _kl_weights(tuple((g.num_features, g.kl_weight) for g in gs), scale, mu.device, mu.dtype)
+        kl = torch.dot(flat_gate_stats(mu, ls.to(mu.dtype), a, b)[0], weights)
         total = kl if total is None else total + kl
     return total

@@ -1,58 +1,30 @@
-"""Shared plumbing of the ops: argument checks and the call into the backend that ``backends.select`` picks.
+"""Shared plumbing of the ops: argument checks and the call into the backend that ``backends.resolve`` picks.
 
-Every op lives in one file of ``fastbayes.ops`` as a ``torch.library`` custom op whose body calls
-``run(op_name, ...)``.  Backends expose the op under the same name: ``fastbayes.reference.<module>.<op>``,
-``torch.ops.fastbayes_C.<op>`` (cpu and cuda) and ``fastbayes.kernels.<op>`` (triton).
+Every op lives in one file of ``fastbayes.ops`` as a ``torch.library`` custom op (the schema, fake kernel and
+autograd formula that ``torch.compile`` and ``opcheck`` see) plus an eager fast path that calls the resolved backend
+directly.  Backends register their implementations where they are defined (see ``fastbayes.backends``).
 """
 from __future__ import annotations
 
-import functools
-import importlib
 import math
 
 import torch
 
 from .. import backends
 
-_REFERENCE_MODULE = {
-    "bernoulli_gate": "bernoulli",
-    "bernoulli_gate_backward": "bernoulli",
-    "gate_stats": "gate_stats",
-    "gate_stats_backward": "gate_stats",
-    "lognormal_noise": "lognormal",
-    "lognormal_noise_backward": "lognormal",
-    "svgd_kernel_matrix": "svgd", "svgd_apply": "svgd",
-    "scale_mixture_prior": "bernoulli",
-    "scale_mixture_prior_backward": "bernoulli",
-}
-
 
 def backend_fn(op: str, backend: str):
-    if backend == "reference":
-        mod = importlib.import_module(f"fastbayes.reference.{_REFERENCE_MODULE[op]}")
-        return getattr(mod, op)
-    if backend in ("cpu", "cuda"):
-        from .. import _C  # noqa: F401  (loads the library that registers torch.ops.fastbayes_C)
-        return getattr(torch.ops.fastbayes_C, op)
-    from .. import kernels
-    return getattr(kernels, op)
+    """``backend``'s implementation of ``op``; raises KeyError when it has none."""
+    return backends.ops_of(backend)[op]
 
 
-@functools.lru_cache(None)
 def has_op(op: str, backend: str) -> bool:
     """Whether ``backend`` implements ``op`` (a partial build, or an older extension, may lack some)."""
-    if not backends.available()[backend]:
-        return False
-    try:
-        backend_fn(op, backend)
-        return True
-    except (AttributeError, RuntimeError, ImportError):
-        return False
+    return op in backends.ops_of(backend)
 
 
 def run(op: str, device: torch.device, *args):
-    implemented = tuple(b for b in backends.NAMES if has_op(op, b))
-    return backend_fn(op, backends.select(device, implemented))(*args)
+    return backends.resolve(op, device)[1](*args)
 
 
 def check_float(name: str, t) -> torch.Tensor:

@@ -12,9 +12,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from torch.autograd.function import once_differentiable
+
+from .. import backends
 from ..reference.bernoulli import draws
 from ._dispatch import check_float, check_same, run
-from .lognormal import SEED_BOUND, fresh_seed, normalize_dim
+from .lognormal import SEED_BOUND, eager, fresh_seed, fresh_seed_int, normalize_dim
 
 ESTIMATORS = ("straight_through",)
 
@@ -55,6 +58,25 @@ def _gate_backward(ctx, grad_y):
 
 
 _bernoulli_gate.register_autograd(_gate_backward, setup_context=_gate_setup_context)
+
+
+class _BernoulliGate(torch.autograd.Function):
+    """Eager fast path (see ``fastbayes.ops.lognormal``): the resolved backend, nothing else on the hot path."""
+
+    @staticmethod
+    def forward(ctx, x, theta, mask, dim, seed, offset):
+        fwd = backends.resolve("bernoulli_gate", x.device)[1]
+        ctx.save_for_backward(x, theta, mask)
+        ctx.rest = (dim, seed, offset)
+        return fwd(x, theta, mask, dim, seed, offset)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        x, theta, mask = ctx.saved_tensors
+        bwd = backends.resolve("bernoulli_gate_backward", x.device)[1]
+        dx, dtheta = bwd(grad_y.contiguous(), x, theta, mask, *ctx.rest)
+        return dx, dtheta, None, None, None, None
 
 
 def bernoulli_gate(x: Tensor, theta: Tensor, *, dim: int = 1, seed: Optional[int] = None, offset: int = 0,
@@ -103,18 +125,24 @@ def bernoulli_gate(x: Tensor, theta: Tensor, *, dim: int = 1, seed: Optional[int
         shape = [1] * x.dim()
         shape[dim] = -1
         return torch.where(keep.reshape(shape), x, torch.zeros((), dtype=x.dtype, device=x.device))
-    if seed is None:
-        seed_t = fresh_seed()
-    elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_BOUND:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_BOUND):
         raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
-    else:
-        seed_t = torch.tensor(seed, dtype=torch.int64)
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 \
             or offset + draws(x.shape, dim) >= SEED_BOUND:
         raise ValueError(f"offset must be a non-negative integer with offset + draws < 2**63, got {offset!r}")
+    return gate(x, theta, mask, dim, seed, offset)
+
+
+def gate(x: Tensor, theta: Tensor, mask: Optional[Tensor], dim: int, seed: Optional[int], offset: int) -> Tensor:
+    """Training-mode ``bernoulli_gate`` on arguments that are already checked (``dim`` positive); the gate modules
+    call this after validating their options once."""
     th = theta if theta.dtype == torch.float32 else theta.to(torch.float32)
-    return _bernoulli_gate(x.contiguous(), th.contiguous(), None if mask is None else mask.contiguous(), dim, seed_t,
-                           offset)
+    mk = None if mask is None else mask.contiguous()
+    if eager(x):
+        return _BernoulliGate.apply(x.contiguous(), th.contiguous(), mk, dim,
+                                    fresh_seed_int() if seed is None else seed, offset)
+    seed_t = fresh_seed() if seed is None else torch.tensor(seed, dtype=torch.int64)
+    return _bernoulli_gate(x.contiguous(), th.contiguous(), mk, dim, seed_t, offset)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from torch.autograd.function import once_differentiable
+
+from .. import backends
 from ._dispatch import check_bounds, check_float, check_same, run
+from .lognormal import eager
 
 
 @torch.library.custom_op("fastbayes::gate_stats", mutates_args=())
@@ -50,6 +54,33 @@ def _backward(ctx, grad_kl, grad_mean, grad_snr):
 _gate_stats.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _GateStats(torch.autograd.Function):
+    """Eager fast path (see ``fastbayes.ops.lognormal``)."""
+
+    @staticmethod
+    def forward(ctx, mu, log_sigma, a, b):
+        kl, mean, snr = backends.resolve("gate_stats", mu.device)[1](mu, log_sigma, a, b)
+        ctx.save_for_backward(mu, log_sigma)
+        ctx.bounds = (a, b)
+        ctx.mark_non_differentiable(mean, snr)
+        return kl, mean, snr
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_kl, grad_mean, grad_snr):
+        mu, log_sigma = ctx.saved_tensors
+        bwd = backends.resolve("gate_stats_backward", mu.device)[1]
+        dmu, dls = bwd(grad_kl.to(mu.dtype).contiguous(), mu, log_sigma, *ctx.bounds)
+        return dmu, dls, None, None
+
+
+def stats(mu: Tensor, log_sigma: Tensor, a: float, b: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``gate_stats`` of flat, already checked vectors (``log_sigma`` in ``mu.dtype``)."""
+    if eager(mu):
+        return _GateStats.apply(mu.contiguous(), log_sigma.contiguous(), a, b)
+    return _gate_stats(mu, log_sigma, a, b)
+
+
 def gate_stats(mu: Tensor, log_sigma: Tensor, *, a: float = -20.0, b: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """(kl, mean, snr) per unit of truncated log-normal gates, in one fused pass.
 
@@ -66,5 +97,5 @@ def gate_stats(mu: Tensor, log_sigma: Tensor, *, a: float = -20.0, b: float = 0.
     check_same("log_sigma", log_sigma, "mu", mu)
     a, b = check_bounds(a, b)
     shape = mu.shape
-    kl, mean, snr = _gate_stats(mu.reshape(-1), log_sigma.to(mu.dtype).reshape(-1), a, b)
+    kl, mean, snr = stats(mu.reshape(-1), log_sigma.to(mu.dtype).reshape(-1), a, b)
     return kl.reshape(shape), mean.reshape(shape), snr.reshape(shape)

@@ -39,6 +39,7 @@ import math
 import torch
 
 from .philox import philox_uniform
+from ..backends import register
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -78,12 +79,14 @@ def gate_draws(x_shape, theta: torch.Tensor, mask, dim: int, seed: int, offset: 
     return xi
 
 
+@register("reference")
 def bernoulli_gate(x, theta, mask, dim: int, seed: int, offset: int) -> torch.Tensor:
     """Training-mode forward: y = x where ξ = 1 else 0, ξ drawn from (seed, offset).  ``dim`` must be in [1, ndim)."""
     xi = gate_draws(x.shape, theta, mask, dim, seed, offset)
     return torch.where(xi, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
+@register("reference")
 def bernoulli_gate_backward(grad_y, x, theta, mask, dim: int, seed: int, offset: int):
     """(dx, dθ) of ``bernoulli_gate``: dx = g·ξ and the straight-through dθ_c = Σ g·x (float64 sums)."""
     xi = gate_draws(x.shape, theta, mask, dim, seed, offset)
@@ -105,6 +108,7 @@ def _components(sq_norm, k, log_var0, log_var1):
     return c0, c1, h0, h1
 
 
+@register("reference")
 def scale_mixture_prior(theta, sq_norm, k, log_var0, log_var1) -> torch.Tensor:
     """Per-unit prior cost θ·c1 + (1 − θ)·c0 in float64, returned in ``theta.dtype``."""
     th = theta.to(torch.float64)
@@ -112,6 +116,7 @@ def scale_mixture_prior(theta, sq_norm, k, log_var0, log_var1) -> torch.Tensor:
     return (th * c1 + (1.0 - th) * c0).to(theta.dtype)
 
 
+@register("reference")
 def scale_mixture_prior_backward(grad, theta, sq_norm, k, log_var0, log_var1):
     """(dθ, d sq_norm) = grad·(c1 − c0), grad·(θ/(2σ1²) + (1 − θ)/(2σ0²)), in the dtypes of theta and sq_norm."""
     g, th = grad.to(torch.float64), theta.to(torch.float64)

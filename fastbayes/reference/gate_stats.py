@@ -59,6 +59,7 @@ from typing import NamedTuple
 import torch
 
 from .special import HALF_LOG_2PI, log_diff_ndtr
+from ..backends import register
 
 HALF_LOG_2PIE = 0.5 * math.log(2.0 * math.pi * math.e)
 LOG_SIGMA_MIN, LOG_SIGMA_MAX = -20.0, 5.0   # the forward clamp of both official codes
@@ -346,6 +347,7 @@ def kl_terms(mu: torch.Tensor, sigma: torch.Tensor, a: float, b: float):
     return r.kl, r.al, r.be, r.pa, r.pb, r.n_over_z
 
 
+@register("reference")
 def gate_stats(mu: torch.Tensor, log_sigma: torch.Tensor, a: float = -20.0, b: float = 0.0):
     """(kl, mean, snr) per unit, computed in float64 and returned in ``mu.dtype``."""
     sigma = torch.exp(_f64(log_sigma))
@@ -356,6 +358,7 @@ def gate_stats(mu: torch.Tensor, log_sigma: torch.Tensor, a: float = -20.0, b: f
     return kl.to(dt), torch.exp(lm1).to(dt), snr.to(dt)
 
 
+@register("reference")
 def gate_stats_backward(grad_kl: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor,
                         a: float = -20.0, b: float = 0.0):
     """(∂L/∂μ, ∂L/∂log σ) from ∂L/∂KL: METHODS §0.4 inside, the continued-fraction forms in a tail."""

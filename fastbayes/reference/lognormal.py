@@ -28,6 +28,7 @@ import torch
 
 from .philox import philox_uniform
 from .special import log_ndtr, ndtri_log
+from ..backends import register
 
 GRANULARITIES = ("batch", "sample", "element")
 FAR_TAIL = 16.0
@@ -124,6 +125,7 @@ def _mask_view(mask, ndim, dim, dtype):
     return None if mask is None else _view(mask.to(dtype), ndim, dim)
 
 
+@register("reference")
 def lognormal_noise(x, mu, log_sigma, mask, a: float, b: float, dim: int, granularity: str, seed: int, offset: int):
     """Training-mode forward: y = x · θ · mask, θ drawn from (seed, offset).  ``dim`` must be non-negative."""
     dt = math_dtype(x)
@@ -134,6 +136,7 @@ def lognormal_noise(x, mu, log_sigma, mask, a: float, b: float, dim: int, granul
     return (x.to(dt) * th).to(x.dtype)
 
 
+@register("reference")
 def lognormal_noise_backward(grad_y, x, mu, log_sigma, mask, a: float, b: float, dim: int, granularity: str,
                              seed: int, offset: int):
     """(dx, dμ, d log σ) of ``lognormal_noise`` for upstream gradient ``grad_y``, regenerating θ from (seed, offset)."""

@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from ..backends import register
+
 LOG_2PI = math.log(2.0 * math.pi)
 HALF_LOG_2PI = 0.5 * LOG_2PI
 
@@ -47,6 +49,7 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
+@register("reference")
 def log_ndtr(x: torch.Tensor) -> torch.Tensor:
     """log Φ(x), finite for every finite x."""
     return torch.special.log_ndtr(x)
@@ -74,6 +77,7 @@ def _tail(r: torch.Tensor) -> torch.Tensor:
     return torch.where(r <= 5.0, small, torch.where(r <= NDTRI_ASYMPTOTIC_R, mid, t))
 
 
+@register("reference")
 def ndtri_log(logp: torch.Tensor) -> torch.Tensor:
     """Φ⁻¹(exp(logp)) for logp <= 0, accurate from logp = -1e30 up to logp = 0⁻ (AS241 + asymptotics).
 

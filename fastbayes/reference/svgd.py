@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
+from ..backends import register
 
 # columns per float64 chunk of the Gram accumulation: bounds the float64 copy to ~32 MB whatever d is
 _CHUNK_ELEMS = 1 << 22
@@ -76,11 +77,13 @@ def kernel_from_dists(d: Tensor, bandwidth: Optional[float]) -> tuple[Tensor, Te
     return torch.exp(-d / h), h
 
 
+@register("reference")
 def svgd_kernel_matrix(particles: Sequence[Tensor], bandwidth: Optional[float]) -> tuple[Tensor, Tensor]:
     """(K, h): the n×n RBF kernel matrix and its bandwidth, both float64, for particles [n, ...] tensors."""
     return kernel_from_dists(pairwise_sq_dists(particles), bandwidth)
 
 
+@register("reference")
 def svgd_apply(K: Tensor, h: Tensor, x: Tensor, score: Tensor) -> Tensor:
     """φ = (K·S + (2/h)(diag(K1)·X − K·X)) / n for one [n, ...] tensor of the particles and its scores."""
     n = x.shape[0]
