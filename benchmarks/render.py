@@ -6,7 +6,7 @@ writes <json>.md (every group, side-by-side speed-ups) and <json>-overhead.png (
 import sys
 from pathlib import Path
 
-from fastbayes.benchtools import load, machine, rows, table
+from fastbayes.benchtools import load, machine, overhead_rows, overhead_table, table
 
 
 def overhead_plot(data, path):
@@ -14,17 +14,15 @@ def overhead_plot(data, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     groups = {}
-    for r in rows(data):
+    for r in overhead_rows(data):   # interleaved medians of one run
         if r["group"].startswith("train step"):
             groups.setdefault(r["group"], {})[r["provider"]] = r["median_ms"]
-    labels, series = [], {}
-    for g, provs in groups.items():
-        if "plain" not in provs:
-            continue
-        labels.append(g.replace("train step ", ""))
-        for p, ms in provs.items():
-            if p != "plain":
-                series.setdefault(p, []).append(ms / provs["plain"])
+    labels = [g for g, provs in groups.items() if "plain" in provs]
+    providers = sorted({p for g in labels for p in groups[g] if p != "plain"})
+    # a provider missing from a group (the peer runs only per element) leaves a gap, not a shifted bar
+    series = {p: [groups[g][p] / groups[g]["plain"] if p in groups[g] else float("nan") for g in labels]
+              for p in providers}
+    labels = [g.replace("train step ", "") for g in labels]
     if not labels:
         return False
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -47,7 +45,12 @@ def overhead_plot(data, path):
 def main(path):
     path = Path(path)
     data = load(path)
-    md = f"Machine: {machine(data)}; run {data.get('datetime', '?')}.\n\n" + table(data, fmt="md") + "\n"
+    md = f"Machine: {machine(data)}; run {data.get('datetime', '?')}.\n\n"
+    over = overhead_table(data, fmt="md")
+    if over:
+        md += ("Overhead (providers timed round-robin in one run; ratio to the plain model, or to a plain multiply):"
+               "\n\n") + over + "\n\n"
+    md += table(data, fmt="md") + "\n"
     path.with_suffix(".md").write_text(md)
     overhead_plot(data, path.with_name(path.stem + "-overhead.png"))
     print(md)

@@ -7,6 +7,8 @@ Convention for the suites in benchmarks/: each benchmark sets ``benchmark.group`
 from __future__ import annotations
 
 import json
+import statistics
+import time
 from pathlib import Path
 
 BASELINES = ("reference", "plain")
@@ -25,6 +27,51 @@ def rows(data: dict) -> list[dict]:
         out.append({"group": b.get("group") or b["name"], "provider": b.get("extra_info", {}).get("provider", b["name"]),
                     "median_ms": 1e3 * stats["median"], "extra": b.get("extra_info", {})})
     return out
+
+
+def interleaved(fns: dict, rounds: int, warmup: int = 3, inner: int = 1) -> dict[str, float]:
+    """Median ms per call of each function in ``fns``, timed round-robin (a, b, c, a, b, c, ...) so that load
+    changes on a shared machine hit every provider alike; ``inner`` calls per timing for µs-scale functions."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {p: [] for p in fns}
+    for _ in range(rounds):
+        for p, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            times[p].append((time.perf_counter() - t0) / inner)
+    return {p: 1e3 * statistics.median(ts) for p, ts in times.items()}
+
+
+def overhead_rows(data: dict) -> list[dict]:
+    """The interleaved measurements (``extra_info["interleaved_ms"]`` or ``["interleaved_us"]``): one row per group
+    and provider, with the time relative to the group's ``plain`` provider (the plain model, or a plain multiply)."""
+    out = []
+    for r in rows(data):
+        ms = r["extra"].get("interleaved_ms")
+        if ms is None and r["extra"].get("interleaved_us"):
+            ms = {p: v / 1e3 for p, v in r["extra"]["interleaved_us"].items()}
+        if not ms or "plain" not in ms:
+            continue
+        for p, v in ms.items():
+            out.append({"group": r["group"], "provider": p, "median_ms": v, "ratio": v / ms["plain"]})
+    return out
+
+
+def overhead_table(data: dict, fmt: str = "text") -> str:
+    rs = overhead_rows(data)
+    if not rs:
+        return ""
+    lines = ["| measured | provider | median ms | × plain |", "|---|---|---:|---:|"] if fmt == "md" else []
+    for r in rs:
+        if fmt == "md":
+            lines.append(f"| {r['group']} | {r['provider']} | {r['median_ms']:.4f} | "
+                         f"{r['ratio']:.2f}× |")
+        else:
+            lines.append(f"{r['group']:<48.48} {r['provider']:<12} {r['median_ms']:>10.3f} ms  {r['ratio']:>6.2f}x plain")
+    return "\n".join(lines)
 
 
 def table(data: dict, fmt: str = "text") -> str:

@@ -149,8 +149,15 @@ class BernoulliGate(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 1:            # an unbatched Linear output: a single example
             return self.forward(x.unsqueeze(0)).squeeze(0)
-        return ops.bernoulli_gate(x, self.effective_theta(), dim=self.dim, mask=self.effective_mask(),
-                                  training=self.training)
+        if not self.training:
+            return ops.bernoulli_gate(x, self.effective_theta(), dim=self.dim, mask=self.effective_mask(),
+                                      training=False)
+        n = x.dim()
+        d = self.dim + n if self.dim < 0 else self.dim
+        if not x.is_floating_point() or not 0 < d < n or x.shape[d] != self.theta.numel():
+            # the full checks, with the message naming what is wrong
+            return ops.bernoulli_gate(x, self.effective_theta(), dim=self.dim, mask=self.effective_mask())
+        return ops.gate(x, self.effective_theta(), self.effective_mask(), d, None, 0)
 
     @torch.no_grad()
     def project_(self) -> None:
