@@ -230,5 +230,15 @@ def resolve(op: str, device: torch.device) -> tuple[str, Callable]:
     """(backend, implementation) that a call of ``op`` on ``device`` tensors runs now (see ``select``)."""
     name = _forced.get()
     if name is None:
-        name = os.environ.get("FASTBAYES_BACKEND") or None
+        name = _env_backend()
     return _resolve(op, device.type, name)
+
+
+def _env_backend() -> str | None:
+    # os.environ.get encodes the key and decodes the value on every call (~1 µs); the raw bytes mapping that
+    # os.environ keeps in sync is a plain dict lookup, read on every op call
+    raw = getattr(os.environ, "_data", None)
+    if isinstance(raw, dict):
+        v = raw.get(b"FASTBAYES_BACKEND")
+        return v.decode() if v else None
+    return os.environ.get("FASTBAYES_BACKEND") or None

@@ -16,7 +16,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import backends
 from ..reference.bernoulli import draws
-from ._dispatch import check_float, check_same, run
+from ._dispatch import check_float, check_same, function_apply, run
 from .lognormal import SEED_BOUND, eager, fresh_seed, fresh_seed_int, normalize_dim
 
 ESTIMATORS = ("straight_through",)
@@ -79,6 +79,9 @@ class _BernoulliGate(torch.autograd.Function):
         return dx, dtheta, None, None, None, None
 
 
+_bernoulli_apply = function_apply(_BernoulliGate)
+
+
 def bernoulli_gate(x: Tensor, theta: Tensor, *, dim: int = 1, seed: Optional[int] = None, offset: int = 0,
                    training: bool = True, mask: Optional[Tensor] = None,
                    estimator: str = "straight_through") -> Tensor:
@@ -139,7 +142,7 @@ def gate(x: Tensor, theta: Tensor, mask: Optional[Tensor], dim: int, seed: Optio
     th = theta if theta.dtype == torch.float32 else theta.to(torch.float32)
     mk = None if mask is None else mask.contiguous()
     if eager(x):
-        return _BernoulliGate.apply(x.contiguous(), th.contiguous(), mk, dim,
+        return _bernoulli_apply(x.contiguous(), th.contiguous(), mk, dim,
                                     fresh_seed_int() if seed is None else seed, offset)
     seed_t = fresh_seed() if seed is None else torch.tensor(seed, dtype=torch.int64)
     return _bernoulli_gate(x.contiguous(), th.contiguous(), mk, dim, seed_t, offset)

@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import backends
-from ._dispatch import check_bounds, check_float, check_same, run
+from ._dispatch import check_bounds, check_float, check_same, function_apply, run
 from .lognormal import eager
 
 
@@ -74,10 +74,13 @@ class _GateStats(torch.autograd.Function):
         return dmu, dls, None, None
 
 
+_stats_apply = function_apply(_GateStats)
+
+
 def stats(mu: Tensor, log_sigma: Tensor, a: float, b: float) -> tuple[Tensor, Tensor, Tensor]:
     """``gate_stats`` of flat, already checked vectors (``log_sigma`` in ``mu.dtype``)."""
     if eager(mu):
-        return _GateStats.apply(mu.contiguous(), log_sigma.contiguous(), a, b)
+        return _stats_apply(mu.contiguous(), log_sigma.contiguous(), a, b)
     return _gate_stats(mu, log_sigma, a, b)
 
 

@@ -21,7 +21,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import backends
 from ..reference.lognormal import GRANULARITIES, draws
-from ._dispatch import check_bounds, check_float, check_same, run
+from ._dispatch import check_bounds, check_float, check_same, function_apply, run
 
 SEED_BOUND = 2 ** 63
 
@@ -85,6 +85,9 @@ class _LognormalNoise(torch.autograd.Function):
         bwd = backends.resolve("lognormal_noise_backward", x.device)[1]
         dx, dmu, dls = bwd(grad_y.contiguous(), x, mu, log_sigma, mask, *ctx.rest)
         return dx, dmu, dls, None, None, None, None, None, None, None
+
+
+_lognormal_apply = function_apply(_LognormalNoise)
 
 
 def eager(x: Tensor) -> bool:
@@ -167,7 +170,7 @@ def noise(x: Tensor, mu: Tensor, log_sigma: Tensor, mask: Optional[Tensor], a: f
     if log_sigma.dtype != mu.dtype:
         log_sigma = log_sigma.to(mu.dtype)
     if eager(x):
-        return _LognormalNoise.apply(x.contiguous(), mu.contiguous(), log_sigma.contiguous(),
+        return _lognormal_apply(x.contiguous(), mu.contiguous(), log_sigma.contiguous(),
                                      None if mask is None else mask.contiguous(), a, b, dim, granularity,
                                      fresh_seed_int() if seed is None else seed, offset)
     seed_t = fresh_seed() if seed is None else torch.tensor(seed, dtype=torch.int64)
