@@ -15,7 +15,8 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch import nn
 
-from .nn.insert import GATE_ATTR, attach_gates, gate_config, sites
+from .nn.insert import attach_gates, gate_config
+from .nn.sites import GATE_ATTR, sites
 
 FORMAT_GATED = "fastbayes.gated"
 FORMAT_COMPACT = "fastbayes.compact"
@@ -136,9 +137,9 @@ def export(model: nn.Module, example_inputs, *, onnx_path=None, **export_options
     ``onnx_path``: also write an ONNX file with ``torch.onnx.export`` (needs the onnx package).
     ``export_options`` go to ``torch.export.export`` (e.g. ``dynamic_shapes``).
     """
-    from .nn.insert import _as_args
+    from .graph import as_args
     _check_compact(model, "export")
-    args = _as_args(example_inputs)
+    args = as_args(example_inputs)
     args, kwargs = ((), args) if isinstance(args, dict) else (tuple(args), None)
     if onnx_path is not None:
         try:

@@ -53,10 +53,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .nn.insert import _following_bn, default_layers, gates as find_gates
+from .layers import CONV
+from .nn.sites import default_layers, following_bn, gates as find_gates
 
-_CONV = nn.modules.conv._ConvNd
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 DEFAULT_PI = 0.5
 DEFAULT_SPIKE_RATIO = 1e-2
@@ -189,14 +188,14 @@ def _find_layers(model: nn.Module, prunable, slab_var, spike_ratio, pi) -> list[
     out = []
     for name in names:
         m = modules[name]
-        if not isinstance(m, (nn.Linear, _CONV)) or getattr(m, "transposed", False):
+        if not isinstance(m, (nn.Linear, CONV)) or getattr(m, "transposed", False):
             raise ValueError(f"prunable layer {name!r} is a {type(m).__name__}; expected a Linear or a "
                              "(non-transposed) Conv")
         units = m.weight.shape[0]
         fan_in = m.weight[0].numel()
         var = slab_var.get(name) if isinstance(slab_var, Mapping) else slab_var
         prior = SpikeSlabPrior(2.0 / fan_in if var is None else var, spike_ratio, pi)
-        bn = _following_bn(model, name, units)
+        bn = following_bn(model, name, units)
         affine = bn is not None and modules[bn].weight is not None
         out.append(_Layer(name, units, fan_in, f"{name}.weight", f"{name}.bias" if m.bias is not None else None,
                           bn, affine, prior))

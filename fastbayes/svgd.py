@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import Tensor
 
-from .ops.svgd import _check, _check_bandwidth, _svgd_apply, direction_and_bandwidth
+from .ops.svgd import apply_kernel, check_bandwidth, check_particles, direction_and_bandwidth
 from .reference.svgd import kernel_from_dists, pairwise_sq_dists
 
 __all__ = ["SVGD", "sharded_direction"]
@@ -40,10 +40,10 @@ def sharded_direction(particles: list[Tensor], scores: list[Tensor], bandwidth: 
     Returns (φ for the local tensors, h).
     """
     import torch.distributed as dist
-    h_fixed = _check_bandwidth(bandwidth)
+    h_fixed = check_bandwidth(bandwidth)
     xs, ss = list(particles), list(scores)
     if xs:
-        n = _check(xs, ss)
+        n = check_particles(xs, ss)
         d = pairwise_sq_dists([x.detach() for x in xs])
     else:
         raise ValueError("particles must hold at least one tensor on every rank (give an idle rank a 0-width "
@@ -51,7 +51,7 @@ def sharded_direction(particles: list[Tensor], scores: list[Tensor], bandwidth: 
     dist.all_reduce(d, op=dist.ReduceOp.SUM, group=group)
     K, h = kernel_from_dists(d, h_fixed)
     dts = [x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32 for x in xs]
-    phis = [_svgd_apply(K, h, x.detach().reshape(n, -1).to(dt), s.detach().reshape(n, -1).to(dt))
+    phis = [apply_kernel(K, h, x.detach().reshape(n, -1).to(dt), s.detach().reshape(n, -1).to(dt))
             .reshape(x.shape).to(x.dtype) for x, s, dt in zip(xs, ss, dts)]
     return phis, h
 
@@ -89,7 +89,7 @@ class SVGD:
         params = list(params)
         if not params:
             raise ValueError("params must hold at least one tensor")
-        self.bandwidth = _check_bandwidth(bandwidth)
+        self.bandwidth = check_bandwidth(bandwidth)
         flat = _flat_params(params)
         n = None
         for k, p in enumerate(flat):

@@ -9,7 +9,8 @@ from torch import nn
 
 import fastbayes as fb
 from fastbayes import checkpoint
-from fastbayes.nn.insert import _units, sites
+from fastbayes.layers import units as _units
+from fastbayes.nn.sites import sites
 from fastbayes.prune.compact import relative_error
 from models import MLP, ConvBN, LeNet5
 

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 import fastbayes as fb
 from fastbayes.nn import bernoulli as B
-from fastbayes.nn.insert import gates as all_gates
+from fastbayes.nn.sites import gates as all_gates
 from fastbayes.prune import Shrinker
 from fastbayes.prune.compact import eval_outputs
 from models import MLP, LeNet5

@@ -42,16 +42,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
 
+from ..layers import BATCH_NORMS, WEIGHTED, units
 from ..ops import bernoulli as ops   # the module itself: works before fastbayes.ops re-exports it
-from .insert import GATE_ATTR, _apply_gate, _following_bn, _units, gates, select_layers
-
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd)
+from .sites import GATE_ATTR, gates
 
 
 def _positive(name: str, v) -> float:
@@ -104,9 +103,25 @@ class BernoulliGate(nn.Module):
         if sigma1 is not None:
             self.set_prior_scale(sigma1)
 
+    @classmethod
+    def from_layer(cls, layer: nn.Module, *, site: nn.Module | None = None, **options) -> "BernoulliGate":
+        """A gate for the output units of ``layer`` (a Linear/Conv), hosted on ``site`` (the layer itself or the
+        BatchNorm after it): units and dim from the site, and unless ``sigma1`` is given the slab σ1² = 2/fan_in of
+        the layer whose weights feed the units (He initialisation's variance)."""
+        n, dim = units(site if site is not None else layer)
+        gate = cls(n, dim=dim, **options)
+        if options.get("sigma1") is None and isinstance(layer, WEIGHTED):
+            gate.set_prior_scale(math.sqrt(2.0 / _fan_in(layer)))
+        return gate
+
     @property
     def num_features(self) -> int:
         return self.theta.numel()
+
+    def penalty(self, layer: nn.Module) -> torch.Tensor:
+        """kl_weight · Σ_units [θ·c1(w) + (1 − θ)·c0(w)] with w the incoming weights from ``layer`` (the prior has
+        no meaning without the weights it is on); ``fastbayes.nn.penalty(model)`` sums every gate in one launch."""
+        return _prior_terms([(self, layer)])
 
     def set_prior_scale(self, sigma1: float) -> None:
         """σ1 = ``sigma1`` (slab) and σ0 = sigma0_ratio·σ1 (spike)."""
@@ -209,17 +224,17 @@ def _sources(model: nn.Module) -> dict[str, tuple[BernoulliGate, nn.Module]]:
         if not isinstance(gate, BernoulliGate):
             continue
         mod = mods[name]
-        if isinstance(mod, _WEIGHTED):
+        if isinstance(mod, WEIGHTED):
             out[name] = (gate, mod)
             continue
-        if isinstance(mod, _BN):
+        if isinstance(mod, BATCH_NORMS):
             if leaves is None:
                 # leaves in module order, a gate child not counting as a child
                 leaves = [(n, m) for n, m in model.named_modules() if n.rsplit(".", 1)[-1] != GATE_ATTR
                           and all(cn == GATE_ATTR for cn, _ in m.named_children())]
             pos = next(i for i, (n, _) in enumerate(leaves) if n == name)
             prev = leaves[pos - 1][1] if pos > 0 else None
-            if isinstance(prev, _WEIGHTED) and _rows(prev).shape[0] == gate.num_features:
+            if isinstance(prev, WEIGHTED) and _rows(prev).shape[0] == gate.num_features:
                 out[name] = (gate, prev)
                 continue
         raise ValueError(f"cannot find the weights feeding the units of the gate on {name!r} "
@@ -247,8 +262,13 @@ def prior_loss(model: nn.Module) -> torch.Tensor:
     found = _sources(model)
     if not found:
         raise ValueError("model has no BernoulliGate: call fastbayes.nn.bernoulli.attach(model) first")
+    return _prior_terms(list(found.values()))
+
+
+def _prior_terms(found: list) -> torch.Tensor:
+    """The weighted prior cost of (gate, layer) pairs, in ONE ``scale_mixture_prior`` launch."""
     th, sq, kk, lv0, lv1, wt = [], [], [], [], [], []
-    for gate, layer in found.values():
+    for gate, layer in found:
         rows = _rows(layer)
         if rows.shape[0] != gate.num_features:
             raise ValueError(f"a gate has {gate.num_features} units but its layer {type(layer).__name__} has "
@@ -302,48 +322,12 @@ def attach_projection(optimizer: torch.optim.Optimizer, model: nn.Module):
 def attach(model: nn.Module, layers: Iterable[str] | Callable | None = None, *, exclude: Iterable[str] = (),
            placement: str = "output", kl_weight: float | dict[str, float] | Callable[[str], float] = 1.0,
            **gate_options) -> dict[str, BernoulliGate]:
-    """Put a BernoulliGate on the output units of layers of ``model`` (in place); returns {name: gate}.
-
-    The mechanism of ``fastbayes.add_gates`` (a child ``fastbayes_gate`` applied by a forward hook; same ``layers``,
-    ``exclude``, ``placement`` and ``kl_weight`` arguments), plus the prior's default scale: unless ``sigma1`` is
-    given, σ1² = 2/fan_in of the layer whose weights feed the units.  ``gate_options`` go to ``BernoulliGate``
-    (init_theta, sigma1, sigma0_ratio).  Calling it again returns the existing gates and adds none.
-    """
-    if placement not in ("output", "bn"):
-        raise ValueError(f"placement must be 'output' or 'bn', got {placement!r}")
-    modules, names, excluded = select_layers(model, layers, exclude)
-    existing = gates(model)
-    out: dict[str, BernoulliGate] = {}
-    for name in names:
-        if name in excluded:
-            continue
-        units, dim = _units(modules[name])
-        target = name
-        if placement == "bn":
-            target = _following_bn(model, name, units) or name
-            units, dim = _units(modules[target])
-        if target in existing:
-            if not isinstance(existing[target], BernoulliGate):
-                raise ValueError(f"{target!r} already has a {type(existing[target]).__name__}")
-            out[target] = existing[target]
-            continue
-        if isinstance(kl_weight, dict):
-            w = kl_weight.get(name, 1.0)
-        elif callable(kl_weight):
-            w = kl_weight(name)
-        else:
-            w = kl_weight
-        mod = modules[target]
-        gate = BernoulliGate(units, dim=dim, kl_weight=w, **gate_options)
-        if gate_options.get("sigma1") is None and isinstance(modules[name], _WEIGHTED):
-            gate.set_prior_scale(math.sqrt(2.0 / _fan_in(modules[name])))
-        ref = next(iter(mod.parameters()), None)
-        if ref is not None:
-            gate = gate.to(device=ref.device)
-        mod.add_module(GATE_ATTR, gate)
-        mod.register_forward_hook(_apply_gate)
-        out[target] = gate
-    return out
+    """Deprecated alias of ``fastbayes.add_gates(model, kind="bernoulli", ...)`` (same arguments)."""
+    warnings.warn("fastbayes.nn.bernoulli.attach is deprecated: use fastbayes.add_gates(model, kind='bernoulli')",
+                  DeprecationWarning, stacklevel=2)
+    from .insert import add_gates   # insert imports this module
+    return add_gates(model, "bernoulli", layers=layers, exclude=exclude, placement=placement, kl_weight=kl_weight,
+                     **gate_options)
 
 
 # ------------------------------------------------------------------------------------------------------------------

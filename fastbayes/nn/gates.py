@@ -10,6 +10,7 @@ from torch import nn
 
 from .. import ops
 from ..ops import lognormal
+from ..layers import units
 from ..ops._dispatch import check_bounds
 from ..reference.gate_stats import LOG_SIGMA_MAX, LOG_SIGMA_MIN
 from ..reference.lognormal import GRANULARITIES
@@ -93,9 +94,21 @@ class LogNormalGate(nn.Module):
             raise ValueError(f"kl_weight must be a finite non-negative number, got {value!r}")
         self._kl_weight = float(value)
 
+    @classmethod
+    def from_layer(cls, layer: nn.Module, *, site: nn.Module | None = None, **options) -> "LogNormalGate":
+        """A gate for the output units of ``layer`` (a Linear/Conv), hosted on ``site`` (the layer itself or the
+        BatchNorm after it): units and unit dim from the site, ``options`` as the constructor's."""
+        n, dim = units(site if site is not None else layer)
+        return cls(n, dim=dim, **options)
+
     @property
     def num_features(self) -> int:
         return self.mu.numel()
+
+    def penalty(self) -> torch.Tensor:
+        """kl_weight · KL(q ‖ LogUniform[a, b]) summed over the units: this gate's term of the loss
+        (``fastbayes.nn.penalty(model)`` sums every gate of a model in fused launches)."""
+        return self.kl_weight * self.kl()
 
     def clamped_log_sigma(self) -> torch.Tensor:
         return self.log_sigma.clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)

@@ -47,7 +47,7 @@ def _(K, h, x, score):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-def _check_bandwidth(bandwidth) -> Optional[float]:
+def check_bandwidth(bandwidth) -> Optional[float]:
     if bandwidth is None:
         return None
     ok = isinstance(bandwidth, numbers.Real) and not isinstance(bandwidth, bool)
@@ -70,7 +70,7 @@ def _as_list(name: str, v) -> list:
     raise ValueError(f"{name} must be a tensor or a list of tensors, got {type(v).__name__}")
 
 
-def _check(xs: list, ss: list) -> int:
+def check_particles(xs: list, ss: list) -> int:
     if len(ss) != len(xs):
         raise ValueError(f"scores must have one tensor per particle tensor ({len(xs)}), got {len(ss)}")
     n = None
@@ -98,12 +98,17 @@ def _check(xs: list, ss: list) -> int:
     return n
 
 
+def apply_kernel(K: Tensor, h: Tensor, x: Tensor, score: Tensor) -> Tensor:
+    """φ of one [n, d] particle tensor from the kernel matrix K and bandwidth h of ``svgd_kernel_matrix``."""
+    return _svgd_apply(K, h, x, score)
+
+
 def direction_and_bandwidth(xs: Sequence[Tensor], ss: Sequence[Tensor], bandwidth: Optional[float]
                             ) -> tuple[list[Tensor], Tensor]:
     """Checked lists in, (list of φ, h as a float64 0-d tensor on the device) out; used by ``fastbayes.svgd``."""
     xs, ss = list(xs), list(ss)
-    n = _check(xs, ss)
-    h_fixed = _check_bandwidth(bandwidth)
+    n = check_particles(xs, ss)
+    h_fixed = check_bandwidth(bandwidth)
     # kernels take float32/float64 rows; 16-bit particles are computed in float32 and φ is cast back
     dts = [x.dtype if x.dtype in _KERNEL_DTYPES else torch.float32 for x in xs]
     x2 = [x.detach().reshape(n, -1).to(dt) for x, dt in zip(xs, dts)]

@@ -17,13 +17,15 @@ import copy
 import torch
 from torch import nn
 
-from ..nn.insert import _BN, _CONV, _as_args, _detach, channel_groups, dependency_graph, sites
+from ..graph import as_args, channel_groups
+from ..layers import BATCH_NORMS, CONV
+from ..nn.sites import detach, sites, trace
 
 CHECK_RTOL = 1e-5
 
 
 def _forward(model: nn.Module, example_inputs):
-    args = _as_args(example_inputs)
+    args = as_args(example_inputs)
     return model(**args) if isinstance(args, dict) else model(*args)
 
 
@@ -83,7 +85,7 @@ def _eval_scale(gate: nn.Module, tiles: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _fold(module: nn.Module, s: torch.Tensor) -> None:
-    if isinstance(module, _BN):
+    if isinstance(module, BATCH_NORMS):
         if module.weight is None:   # affine=False: the scale becomes the affine part
             module.weight = nn.Parameter(s.to(module.running_var.dtype if module.running_var is not None
                                               else torch.float32).clone())
@@ -96,12 +98,12 @@ def _fold(module: nn.Module, s: torch.Tensor) -> None:
     w = module.weight
     if isinstance(module, nn.Linear):
         w.mul_(s.to(w.dtype).reshape(-1, 1))
-    elif isinstance(module, _CONV) and module.transposed:
+    elif isinstance(module, CONV) and module.transposed:
         g = module.groups
         per_in, per_out = w.shape[0] // g, w.shape[1]
         st = s.to(w.dtype).reshape(g, 1, per_out).expand(g, per_in, per_out).reshape(w.shape[0], per_out)
         w.mul_(st.reshape(*st.shape, *([1] * (w.dim() - 2))))
-    elif isinstance(module, _CONV):
+    elif isinstance(module, CONV):
         w.mul_(s.to(w.dtype).reshape(-1, *([1] * (w.dim() - 1))))
     else:
         raise ValueError(f"cannot fold a gate into a {type(module).__name__}")
@@ -154,7 +156,7 @@ def _strip_gates(model: nn.Module):
         out[name] = ((s == 0).cpu(), _unmasked_mean(gate, tiles, s))
         _fold(modules[name], s)
     for name in found:
-        _detach(modules[name])
+        detach(modules[name])
     return out
 
 
@@ -186,14 +188,14 @@ def compact(model: nn.Module, example_inputs, *, round_to: int | None = None, mi
                          f"got {min_units!r}")
     if example_inputs is None:
         raise ValueError("example_inputs is required to trace the model")
-    _as_args(example_inputs)
+    as_args(example_inputs)
     reference = eval_outputs(model, example_inputs) if check else None
     small = copy.deepcopy(model)
     small.eval()
     folded = _strip_gates(small)
     if folded:
         flags = {n: p.requires_grad for n, p in model.named_parameters()}
-        dg = dependency_graph(small, example_inputs)
+        dg = trace(small, example_inputs)
         plans = []
         for g in channel_groups(small, dg=dg):
             if g.problem is not None or not any(s in folded for s in g.sites):

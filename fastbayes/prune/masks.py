@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..nn.insert import gates as find_gates
+from ..nn.sites import gates as find_gates
 from .criteria import CRITERIA
 
 

@@ -46,7 +46,8 @@ import torch
 from torch import nn
 
 from ..nn.bernoulli import BernoulliGate, bernoulli_gates, project_gates
-from ..nn.insert import _as_args, channel_groups, dependency_graph, sites
+from ..graph import as_args, channel_groups
+from ..nn.sites import sites, trace
 from .compact import CHECK_RTOL, _settle, compact, eval_outputs, relative_error
 
 
@@ -94,7 +95,7 @@ class Shrinker:
             raise ValueError(f"freeze must be True or False, got {freeze!r}")
         if example_inputs is None:
             raise ValueError("example_inputs is required to trace the model")
-        _as_args(example_inputs)
+        as_args(example_inputs)
         if not bernoulli_gates(model):
             raise ValueError("model has no BernoulliGate: call fastbayes.add_gates(model, kind='bernoulli') first")
         owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
@@ -159,7 +160,7 @@ class Shrinker:
         masked = {s: ~g.mask.cpu() for s, (g, t) in found.items() if isinstance(g, BernoulliGate)}
         if not any(bool(m.any()) and m.numel() > self.min_units for m in masked.values()):
             return 0
-        dg = dependency_graph(self.model, self.example_inputs)
+        dg = trace(self.model, self.example_inputs)
         plans = []
         for grp in channel_groups(self.model, dg=dg):
             if grp.problem is not None or not any(s in masked for s in grp.sites):

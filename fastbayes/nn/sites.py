@@ -1,0 +1,151 @@
+"""Where gates live in a model: the layer sites, their hooks, unit axes and the layer selection.
+
+A gate becomes a child ``fastbayes_gate`` of the module whose output it multiplies, and a forward hook applies it, so
+the model's own parameters keep their names and its forward needs no change (see ``fastbayes.nn.insert``).  Every
+kind of gate (log-normal, Bernoulli) uses this one mechanism.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+from torch import nn
+
+from ..graph import dependency_graph
+from ..layers import BATCH_NORMS, CONV, units
+
+GATE_ATTR = "fastbayes_gate"
+
+
+def apply_gate(module: nn.Module, inputs, output, tiles: int = 1):
+    gate = getattr(module, GATE_ATTR)
+    if tiles == 1:
+        return gate(output)
+    # one unit per position of a grouped conv's channel groups: [.., tiles·u, ..] -> [.., tiles, u, ..]
+    d = -1 if isinstance(module, nn.Linear) else 1
+    y = gate(output.unflatten(d, (tiles, output.shape[d] // tiles)))
+    return y.flatten(1, 2) if d == 1 else y.flatten(-2, -1)
+
+
+def hook_tiles(hook) -> int | None:
+    """tiles of a gate hook, None for any other hook."""
+    if hook is apply_gate:
+        return 1
+    if isinstance(hook, functools.partial) and hook.func is apply_gate:
+        return hook.keywords.get("tiles", 1)
+    return None
+
+
+def attach(module: nn.Module, gate: nn.Module, tiles: int = 1) -> None:
+    module.add_module(GATE_ATTR, gate)
+    module.register_forward_hook(apply_gate if tiles == 1 else functools.partial(apply_gate, tiles=tiles))
+
+
+def detach(module: nn.Module) -> nn.Module:
+    """Remove the gate and its hook from ``module``; returns the gate."""
+    gate = module._modules.pop(GATE_ATTR)
+    for key in [k for k, h in module._forward_hooks.items() if hook_tiles(h) is not None]:
+        del module._forward_hooks[key]
+        module._forward_hooks_with_kwargs.pop(key, None)
+        module._forward_hooks_always_called.pop(key, None)
+    return gate
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """Every Conv/Linear except the final classifier (the last Linear, or the last conv if there is none)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, CONV))]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    last = linears[-1] if linears else (names[-1] if names else None)
+    return [n for n in names if n != last]
+
+
+def following_bn(model: nn.Module, name: str, units: int) -> str | None:
+    order = [(n, m) for n, m in model.named_modules() if len(list(m.children())) == 0]
+    for i, (n, _) in enumerate(order):
+        if n == name and i + 1 < len(order):
+            nxt_name, nxt = order[i + 1]
+            if isinstance(nxt, BATCH_NORMS) and nxt.num_features == units:
+                return nxt_name
+    return None
+
+
+def sites(model: nn.Module) -> dict[str, tuple[nn.Module, int]]:
+    """{name of a gated module: (gate, tiles)} for every site; a coupled gate appears once per site."""
+    out = {}
+    for n, m in model.named_modules():
+        gate = m._modules.get(GATE_ATTR)
+        if gate is None:
+            continue
+        tiles = [t for t in map(hook_tiles, m._forward_hooks.values()) if t is not None]
+        out[n] = (gate, tiles[0] if tiles else 1)
+    return out
+
+
+def gates(model: nn.Module) -> dict[str, nn.Module]:
+    """{name: gate} for every gate in ``model``, each gate once (named by its first site)."""
+    out, seen = {}, set()
+    for n, (gate, _) in sites(model).items():
+        if id(gate) not in seen:
+            seen.add(id(gate))
+            out[n] = gate
+    return out
+
+
+def device_of(module: nn.Module):
+    for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
+        return t.device
+    return None
+
+
+def select_layers(model: nn.Module, layers, exclude) -> tuple[dict[str, nn.Module], list[str], set[str]]:
+    """(named modules, the layer names to gate, the excluded names) for ``add_gates`` and ``bernoulli.attach``:
+    ``layers`` None (``default_layers``), a predicate ``(name, module) -> bool`` over Linear/Conv layers, or names."""
+    modules = dict(model.named_modules())
+    if layers is None:
+        names = default_layers(model)
+    elif callable(layers):
+        names = [n for n, m in modules.items() if isinstance(m, (nn.Linear, CONV)) and layers(n, m)]
+    else:
+        names = list(layers)
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise ValueError(f"layers names not found in the model: {missing}")
+    excluded = set(exclude)
+    unknown = excluded - set(modules)
+    if unknown:
+        raise ValueError(f"exclude names not found in the model: {sorted(unknown)}")
+    return modules, names, excluded
+
+
+@contextlib.contextmanager
+def traceable(model: nn.Module):
+    """Gates out of the forward, all parameters differentiable (the graph is read from autograd), modes restored."""
+    hosts = [m for m in model.modules() if GATE_ATTR in m._modules]
+    saved_hooks = [(m, dict(m._forward_hooks)) for m in hosts]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        for m in hosts:
+            for key in [k for k, h in m._forward_hooks.items() if hook_tiles(h) is not None]:
+                del m._forward_hooks[key]
+        for p, _ in flags:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            yield
+    finally:
+        for m, hooks in saved_hooks:       # same dict object, same order: the users' hook handles stay valid
+            m._forward_hooks.clear()
+            m._forward_hooks.update(hooks)
+        for p, f in flags:
+            p.requires_grad_(f)
+        for m, t in modes:
+            m.training = t
+
+
+def trace(model: nn.Module, example_inputs):
+    """Torch-Pruning's dependency graph of a model that may carry gates: the gates are taken out of the forward and
+    their parameters registered as unwrapped (pruned along dim 0); they never enter the traced graph."""
+    params = [p for g in gates(model).values() for p in g.parameters(recurse=False)]
+    with traceable(model):
+        return dependency_graph(model, example_inputs, params)
