@@ -305,39 +305,56 @@ __global__ void __launch_bounds__(256, 2)
 #pragma unroll
   for (int l = 0; l < V; ++l) sm[l] = ss[l] = 0.0;
   if (nvalid > 0) {
-    // the lanes' units, carried from j0 / S
+    // the lanes' units (carried from j0 / S) and which of them are kept, once per thread
     int cl[V];
+    unsigned keep = 0;
     {
       int64_t c = j0 / A.S, s = j0 - c * A.S;
 #pragma unroll
       for (int l = 0; l < V; ++l) {
         cl[l] = static_cast<int>(c < A.C ? c : A.C - 1);  // lanes past the end stay on a valid unit (unused)
+        if (l < nvalid && U[cl[l]].keep != T(0)) keep |= 1u << l;
         if (++s == A.S) {
           s = 0;
           ++c;
         }
       }
     }
+    // table mode: the lanes' (θ, fm, fs), reloaded only when the table row (the example) changes
+    T t_th[V], t_fm[V], t_fs[V];
+    int64_t trow_t = -1;
+#pragma unroll
+    for (int l = 0; l < V; ++l) t_th[l] = t_fm[l] = t_fs[l] = T(0);
     for (int64_t row = r0 + threadIdx.y; row < r1; row += blockDim.y) {
       const int64_t e0 = row * CS + j0;
-      const int64_t trow = A.per_sample ? static_cast<int64_t>(A.dP.div(static_cast<uint32_t>(row))) * A.C : 0;
+      if (!kDraw) {
+        const int64_t trow = A.per_sample ? static_cast<int64_t>(A.dP.div(static_cast<uint32_t>(row))) * A.C : 0;
+        if (trow != trow_t) {
+#pragma unroll
+          for (int l = 0; l < V; ++l) {
+            if (keep & (1u << l)) {
+              t_th[l] = th[trow + cl[l]];
+              t_fm[l] = fm[trow + cl[l]];
+              t_fs[l] = fs[trow + cl[l]];
+            }
+          }
+          trow_t = trow;
+        }
+      }
       T gv[V], xv[V], dv[V];
       load_lanes_any<V>(g, A.g_dtype, e0, vec, nvalid, gv);
       load_lanes<X, V>(x, e0, vec, nvalid, xv);
 #pragma unroll
       for (int l = 0; l < V; ++l) {
         dv[l] = T(0);
-        const UnitDev<T> u = U[cl[l]];
-        if (l < nvalid && u.keep != T(0)) {
-          T t_th = 0, t_fm = 0, t_fs = 0;
-          if (!kDraw) {
-            const int64_t i = trow + cl[l];
-            t_th = th[i];
-            t_fm = fm[i];
-            t_fs = fs[i];
+        if (keep & (1u << l)) {
+          if (kDraw) {
+            const UnitDev<T> u = U[cl[l]];
+            dv[l] = backward_one<T, true>(gv[l], xv[l], u, A.seed, A.offset + static_cast<uint64_t>(e0 + l), T(0),
+                                          T(0), T(0), a, b, sm[l], ss[l]);
+          } else {
+            dv[l] = backward_one<T, false>(gv[l], xv[l], U[0], 0, 0, t_th[l], t_fm[l], t_fs[l], a, b, sm[l], ss[l]);
           }
-          dv[l] = backward_one<T, kDraw>(gv[l], xv[l], u, A.seed, A.offset + static_cast<uint64_t>(e0 + l), t_th,
-                                         t_fm, t_fs, a, b, sm[l], ss[l]);
         }
       }
       store_lanes<X, V>(dx, e0, vec, nvalid, dv);
