@@ -110,7 +110,7 @@ def _on_device(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
-_GRAM_TARGET_BLOCKS = 1024   # ~8 programs per SM of an H100/H200; csrc/cuda/svgd.cu uses the same target
+_GRAM_TARGET_BLOCKS = 512   # ~4 programs per SM of an H100/H200; csrc/cuda/svgd.cu uses the same target
 
 
 def _block_n(n: int) -> int:

@@ -30,7 +30,7 @@ namespace {
 constexpr int kGramChunk = 32;   // columns staged per step of gram_kernel
 constexpr int kApplyCols = 128;  // columns of φ per apply block (32 lanes × 4)
 constexpr int kFinalizeThreads = 1024;
-constexpr int64_t kGramTargetBlocks = 1024;  // fixed (about 8 blocks per SM of an H100/H200), never the SM count
+constexpr int64_t kGramTargetBlocks = 512;  // fixed (about 4 blocks per SM of an H100/H200), never the SM count
 
 // ---------------------------------------------------------------------------------------------------------
 // Gram matrix
