@@ -111,16 +111,19 @@ struct FwdArgs {
   Div32 dS, dC, dP;  // dS, dC only when k32 (n < 2^31); dP always (rows < 2^31, checked by the glue)
   int per_sample;    // table mode: θ at (row / P)·C + c, else at c
   int vec;           // x and y 16-byte aligned
+  int whole;         // S % V == 0: no vector straddles two (row, unit) segments
 };
 
-// kDraw: one draw per element (counter offset + e); else θ from the table.
+// kDraw: one draw per element (counter offset + e), one element per step (the sampler's few hundred instructions
+// per element make this pass compute-bound, and unrolling the sampler over vector lanes only bloats the code);
+// else θ from the table, 16-byte vectors.
 template <typename X, bool kDraw, bool k32>
 __global__ void forward_kernel(const X* __restrict__ x, X* __restrict__ y,
                                const UnitDev<typename Elem<X>::T>* __restrict__ U,
                                const typename Elem<X>::T* __restrict__ tab, FwdArgs A, typename Elem<X>::T a,
                                typename Elem<X>::T b) {
   using T = typename Elem<X>::T;
-  constexpr int V = vec_width<X>();
+  constexpr int V = kDraw ? 1 : vec_width<X>();
   const int64_t nvec = (A.n + V - 1) / V;
   FB_LN_STRIDE(v, nvec) {
     const int64_t e0 = v * V;
@@ -142,26 +145,45 @@ __global__ void forward_kernel(const X* __restrict__ x, X* __restrict__ y,
     }
     T xv[V], out[V];
     load_lanes<X, V>(x, e0, vec, nvalid, xv);
-    T th = 0;
-    UnitDev<T> u;
-#pragma unroll
-    for (int l = 0; l < V; ++l) {
-      const bool fresh = l == 0 || s == 0;  // the lane starts a new (row, unit) segment
+    if (kDraw || A.whole) {
+      // S % V == 0: the vector lies in one (row, unit) segment (and is never partial)
       if (kDraw) {
-        if (fresh) u = U[c];
-        th = T(0);
-        if (l < nvalid && u.keep != T(0)) {
-          th = lognormal_draw<T>(philox_uniform(A.seed, A.offset + static_cast<uint64_t>(e0 + l)), u.p, a, b).theta;
+        const UnitDev<T> u = U[c];
+#pragma unroll
+        for (int l = 0; l < V; ++l) {
+          const T th = u.keep != T(0) ? lognormal_draw<T>(philox_uniform(A.seed, A.offset + static_cast<uint64_t>(e0 + l)),
+                                                           u.p, a, b)
+                                            .theta
+                                      : T(0);
+          out[l] = xv[l] * th;
         }
-      } else if (fresh && l < nvalid) {
-        th = tab[(A.per_sample ? static_cast<int64_t>(A.dP.div(static_cast<uint32_t>(row))) * A.C : 0) + c];
+      } else {
+        const T th = tab[(A.per_sample ? static_cast<int64_t>(A.dP.div(static_cast<uint32_t>(row))) * A.C : 0) + c];
+#pragma unroll
+        for (int l = 0; l < V; ++l) out[l] = xv[l] * th;
       }
-      out[l] = xv[l] * th;
-      if (++s == A.S) {
-        s = 0;
-        if (++c == A.C) {
-          c = 0;
-          ++row;
+    } else {
+      T th = 0;
+      UnitDev<T> u;
+#pragma unroll
+      for (int l = 0; l < V; ++l) {
+        const bool fresh = l == 0 || s == 0;  // the lane starts a new (row, unit) segment
+        if (kDraw) {
+          if (fresh) u = U[c];
+          th = T(0);
+          if (l < nvalid && u.keep != T(0)) {
+            th = lognormal_draw<T>(philox_uniform(A.seed, A.offset + static_cast<uint64_t>(e0 + l)), u.p, a, b).theta;
+          }
+        } else if (fresh && l < nvalid) {
+          th = tab[(A.per_sample ? static_cast<int64_t>(A.dP.div(static_cast<uint32_t>(row))) * A.C : 0) + c];
+        }
+        out[l] = xv[l] * th;
+        if (++s == A.S) {
+          s = 0;
+          if (++c == A.C) {
+            c = 0;
+            ++row;
+          }
         }
       }
     }
@@ -511,10 +533,12 @@ cudaError_t forward_typed(const void* xv, void* yv, int p_dtype, const void* mu,
   A.dC = Div32(static_cast<uint32_t>(k32 ? C : 1));
   A.dP = Div32(static_cast<uint32_t>(P));
   A.per_sample = plan.draws == Draws::kSample;
-  A.vec = cuda::pack_aligned<X, vec_width<X>()>(xv) && cuda::pack_aligned<X, vec_width<X>()>(yv);
-  const unsigned int grid = grid_for((n + vec_width<X>() - 1) / vec_width<X>());
-  const T ta = static_cast<T>(a), tb = static_cast<T>(b);
   const bool draw = plan.draws == Draws::kInline;
+  const int64_t V = draw ? 1 : vec_width<X>();  // forward_kernel's step
+  A.vec = cuda::pack_aligned<X, vec_width<X>()>(xv) && cuda::pack_aligned<X, vec_width<X>()>(yv);
+  A.whole = S % V == 0;
+  const unsigned int grid = grid_for((n + V - 1) / V);
+  const T ta = static_cast<T>(a), tb = static_cast<T>(b);
   if (draw) {
     if (k32) {
       forward_kernel<X, true, true><<<grid, kThreads, 0, stream>>>(x, y, units, tab, A, ta, tb);
