@@ -228,7 +228,8 @@ __global__ void __launch_bounds__(256) apply_kernel(const double* __restrict__ K
                                                     T* __restrict__ out, int64_t n, int64_t m) {
   constexpr int JC = sizeof(T) == 4 ? 16 : 8;  // particles per staged chunk (divides 32 and 256)
   constexpr int ROWS = 8 * R;
-  constexpr int KS = (JC * ROWS + 255) / 256;  // K entries a thread stages per chunk
+  constexpr int TPR = 256 / ROWS;              // threads per row of a staged K chunk (2 .. 32, divides 32)
+  constexpr int KJ = (JC + TPR - 1) / TPR;     // K entries a thread stages per chunk
   __shared__ T ys[JC][kApplyCols];
   __shared__ T ks[JC][ROWS + 1];  // +1: the staging stores walk jj
   __shared__ double cr_s[ROWS];
@@ -242,11 +243,10 @@ __global__ void __launch_bounds__(256) apply_kernel(const double* __restrict__ K
   for (int r = 0; r < R; ++r)
 #pragma unroll
     for (int q = 0; q < 4; ++q) acc[r][q] = T(0);
-  // r_i = Σ_j K_ij in float64 from the staged loads: staging entry e = tid + 256·k is (row e / JC, particle
-  // e % JC), so a thread always holds the same particle offset jj = tid % JC and sums it over the chunks
-  double rpart[KS];
-#pragma unroll
-  for (int k = 0; k < KS; ++k) rpart[k] = 0.0;
+  // r_i = Σ_j K_ij in float64 from the staged loads: thread tid stages row ii_t = tid / TPR of every chunk (the
+  // particles tj, tj + TPR, ...), so one float64 accumulator per thread holds its share of r_{i0 + ii_t}
+  const int ii_t = tid / TPR, tj = tid % TPR;
+  double rpart = 0.0;
 
   for (int64_t j0 = 0; j0 < n; j0 += JC) {
     for (int e = tid; e < JC * kApplyCols; e += 256) {
@@ -260,14 +260,13 @@ __global__ void __launch_bounds__(256) apply_kernel(const double* __restrict__ K
       ys[jj][cc] = y;
     }
 #pragma unroll
-    for (int k = 0; k < KS; ++k) {
-      const int e = tid + 256 * k;
-      if (e < JC * ROWS) {
-        const int ii = e / JC, jj = e % JC;  // consecutive threads: consecutive particles of one row (coalesced)
-        const int64_t i = i0 + ii, j = j0 + jj;
+    for (int k = 0; k < KJ; ++k) {
+      const int jj = tj + TPR * k;  // consecutive threads: consecutive particles of one row
+      if (jj < JC) {
+        const int64_t i = i0 + ii_t, j = j0 + jj;
         const double kv = (i < n && j < n) ? K[i * n + j] : 0.0;
-        rpart[k] += kv;
-        ks[jj][ii] = static_cast<T>(kv);
+        rpart += kv;
+        ks[jj][ii_t] = static_cast<T>(kv);
       }
     }
     __syncthreads();
@@ -285,14 +284,10 @@ __global__ void __launch_bounds__(256) apply_kernel(const double* __restrict__ K
     }
     __syncthreads();
   }
-  // Σ over the JC consecutive lanes that share a row, in a fixed butterfly order; c·r for the epilogue
+  // Σ over the TPR consecutive lanes that share a row, in a fixed butterfly order; c·r for the epilogue
 #pragma unroll
-  for (int k = 0; k < KS; ++k) {
-#pragma unroll
-    for (int o = JC / 2; o > 0; o >>= 1) rpart[k] += __shfl_xor_sync(0xffffffffu, rpart[k], o);
-    const int e = tid + 256 * k;
-    if (e < JC * ROWS && tid % JC == 0) cr_s[e / JC] = c_d * rpart[k];
-  }
+  for (int o = TPR / 2; o > 0; o >>= 1) rpart += __shfl_xor_sync(0xffffffffu, rpart, o);
+  if (tj == 0) cr_s[ii_t] = c_d * rpart;
   __syncthreads();
 #pragma unroll
   for (int r = 0; r < R; ++r) {
