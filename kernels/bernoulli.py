@@ -12,6 +12,7 @@ per-(row block, column) float64 partial sums of g·x, summed in a fixed order wi
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -127,6 +128,12 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _on_device(t: torch.Tensor):
+    """Make t's GPU the current device for the launches (Triton launches on the current device, so a tensor on a
+    second GPU would otherwise fail); a no-op for CPU tensors (interpreter)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
 def _check(x, theta, mask, dim):
     """(N, P, C, S) of the [M, K] = [N·P, C·S] view; ValueError naming the bad argument."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
@@ -175,11 +182,13 @@ def bernoulli_gate(x, theta, mask, dim: int, seed: int, offset: int) -> torch.Te
     if x.numel() == 0:
         _check(x, theta, mask, dim)
         return y
-    n, p, c, s, inline, th, xi = _prepare(x, theta, mask, dim, seed, offset)
-    m, k = n * p, c * s
-    bm, bk, warps = _tiles(m, k, backward=False)
-    _fwd_kernel[(triton.cdiv(m, bm) * triton.cdiv(k, bk),)](x, y, xi, th, m, k, s, p, c, seed, offset, INLINE=inline,
-                                                            BLOCK_M=bm, BLOCK_K=bk, num_warps=warps)
+    with _on_device(x):
+        n, p, c, s, inline, th, xi = _prepare(x, theta, mask, dim, seed, offset)
+        m, k = n * p, c * s
+        bm, bk, warps = _tiles(m, k, backward=False)
+        _fwd_kernel[(triton.cdiv(m, bm) * triton.cdiv(k, bk),)](x, y, xi, th, m, k, s, p, c, seed, offset,
+                                                                INLINE=inline, BLOCK_M=bm, BLOCK_K=bk,
+                                                                num_warps=warps)
     return y
 
 
@@ -196,13 +205,14 @@ def bernoulli_gate_backward(grad_y, x, theta, mask, dim: int, seed: int, offset:
     if x.numel() == 0:
         _check(x, theta, mask, dim)
         return dx, torch.zeros_like(theta)
-    n, p, c, s, inline, th, xi = _prepare(x, theta, mask, dim, seed, offset)
-    m, k = n * p, c * s
-    bm, bk, warps = _tiles(m, k, backward=True)
-    nmb = triton.cdiv(m, bm)
-    part = torch.empty((nmb, k), dtype=torch.float64, device=x.device)
-    _bwd_kernel[(nmb * triton.cdiv(k, bk),)](g, x, dx, part, xi, th, m, k, s, p, c, seed, offset, INLINE=inline,
-                                             F64=dt == torch.float64, BLOCK_M=bm, BLOCK_K=bk, num_warps=warps)
+    with _on_device(x):
+        n, p, c, s, inline, th, xi = _prepare(x, theta, mask, dim, seed, offset)
+        m, k = n * p, c * s
+        bm, bk, warps = _tiles(m, k, backward=True)
+        nmb = triton.cdiv(m, bm)
+        part = torch.empty((nmb, k), dtype=torch.float64, device=x.device)
+        _bwd_kernel[(nmb * triton.cdiv(k, bk),)](g, x, dx, part, xi, th, m, k, s, p, c, seed, offset, INLINE=inline,
+                                                 F64=dt == torch.float64, BLOCK_M=bm, BLOCK_K=bk, num_warps=warps)
     # second stage: a fixed-order reduction over row blocks and the dims after the unit axis
     dtheta = part.view(nmb, c, s).sum(dim=(0, 2))
     if mask is not None:
@@ -231,7 +241,8 @@ def scale_mixture_prior(theta, sq_norm, k, log_var0, log_var1) -> torch.Tensor:
     n = out.numel()
     if n:
         block = _prior_block(n)
-        _prior_kernel[(triton.cdiv(n, block),)](*ts, out, n, BLOCK=block)
+        with _on_device(out):
+            _prior_kernel[(triton.cdiv(n, block),)](*ts, out, n, BLOCK=block)
     return out
 
 
@@ -245,5 +256,6 @@ def scale_mixture_prior_backward(grad, theta, sq_norm, k, log_var0, log_var1):
     n = dth.numel()
     if n:
         block = _prior_block(n)
-        _prior_bwd_kernel[(triton.cdiv(n, block),)](*ts, dth, dsq, n, BLOCK=block)
+        with _on_device(dth):
+            _prior_bwd_kernel[(triton.cdiv(n, block),)](*ts, dth, dsq, n, BLOCK=block)
     return dth, dsq

@@ -12,12 +12,14 @@ the dims after it), tiled [BLOCK_M, BLOCK_K] on a 1-D grid.  Three modes:
   example and unit).  A small kernel draws the T = C or N·C θ (and the backward's factors) once, the main
   kernel gathers them, so the transcendental-heavy sampler does not run S or N·P times per draw.
 
-The per-unit prologue (σ, α', β', L = log Φ(β'), r, s, mask) is one tiny float64 kernel over the C units.  The
-backward writes per-(row block, column) partial sums of g·x·θ·∂x_s/∂μ and g·x·θ·σ·∂x_s/∂σ and sums them in a
-fixed order with torch (no atomics, so results are bit-reproducible).
+The per-unit prologue (σ, α', β', L = log Φ(β'), r, s, mask) is one tiny float64 kernel over the C units.  In the
+backward each program owns a column block and loops over every G-th row block (G a fixed function of the shape),
+so the per-(row group, column) partial sums of g·x·θ·∂x_s/∂μ and g·x·θ·σ·∂x_s/∂σ are a [G, C·S] buffer; torch
+sums them in a fixed order (no atomics, so results are bit-reproducible).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -206,42 +208,65 @@ def _fwd_kernel(x_ptr, y_ptr, tab_ptr, th_ptr, M, K, S, P, C, seed, offset, MODE
 
 @triton.jit
 def _bwd_kernel(g_ptr, x_ptr, dx_ptr, pm_ptr, ps_ptr, tab_ptr, th_ptr, fm_ptr, fs_ptr, M, K, S, P, C, seed, offset,
-                MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid_m, rows, cols, cin, c, on, inb, live, idx = _tile(M, K, S, tab_ptr, C, BLOCK_M, BLOCK_K)
+                ROW_GROUPS, MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Program (row group, column block) walks the row blocks g, g + ROW_GROUPS, ... of its columns, adding their
+    per-column sums in order, and writes one row of the [ROW_GROUPS, K] partial sums (a buffer of ROW_GROUPS·K,
+    not M·K / BLOCK_M)."""
+    nkb = tl.cdiv(K, BLOCK_K)
+    pid = tl.program_id(0)
+    pid_g = pid // nkb
+    pid_k = pid % nkb
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    cin = cols < K
+    c = cols // S
+    on = tl.load(tab_ptr + 7 * C + c, mask=cin, other=0.0) != 0.0     # unit not pruned
     dt = tab_ptr.dtype.element_ty
-    g = tl.load(g_ptr + idx, mask=inb, other=0.0).to(dt)
-    x = tl.load(x_ptr + idx, mask=inb, other=0.0).to(dt)
     if MODE == 0:
         lo, hi = _bounds(tab_ptr, C)
         mu, sg, al, be, big_l, r, s = _load_unit(tab_ptr, c, C, cin)
-        u = tl.rand(seed, offset + idx).to(dt)
+        mu2, sg2, l2 = mu[None, :], sg[None, :], big_l[None, :]
         al2, be2, r2, s2 = al[None, :], be[None, :], r[None, :], s[None, :]
-        th, v, w, eps = _sample(u, mu[None, :], sg[None, :], al2, be2, big_l[None, :], r2, s2, lo, hi)
-        th = tl.where(on[None, :], th, 0.0)
-        dmu, dsig = _grad_factors(v, w, eps, al2, be2, r2, s2)
-        gxt = g * x * th
-        cm = gxt * dmu
-        cs = gxt * dsig * sg[None, :]
-    else:
-        if MODE == 1:
-            th = tl.load(th_ptr + c, mask=cin, other=0.0)[None, :]
-            fm = tl.load(fm_ptr + c, mask=cin, other=0.0)[None, :]
-            fs = tl.load(fs_ptr + c, mask=cin, other=0.0)[None, :]
+    elif MODE == 1:
+        th1 = tl.load(th_ptr + c, mask=cin, other=0.0)[None, :]
+        fm1 = tl.load(fm_ptr + c, mask=cin, other=0.0)[None, :]
+        fs1 = tl.load(fs_ptr + c, mask=cin, other=0.0)[None, :]
+    acc_m = tl.zeros([BLOCK_K], dtype=dt)
+    acc_s = tl.zeros([BLOCK_K], dtype=dt)
+    for mb in range(pid_g, tl.cdiv(M, BLOCK_M), ROW_GROUPS):
+        rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+        inb = (rows < M)[:, None] & cin[None, :]
+        live = inb & on[None, :]
+        idx = rows.to(tl.int64)[:, None] * K + cols[None, :]
+        g = tl.load(g_ptr + idx, mask=inb, other=0.0).to(dt)
+        x = tl.load(x_ptr + idx, mask=inb, other=0.0).to(dt)
+        if MODE == 0:
+            u = tl.rand(seed, offset + idx).to(dt)
+            th, v, w, eps = _sample(u, mu2, sg2, al2, be2, l2, r2, s2, lo, hi)
+            th = tl.where(on[None, :], th, 0.0)
+            dmu, dsig = _grad_factors(v, w, eps, al2, be2, r2, s2)
+            gxt = g * x * th
+            cm = gxt * dmu
+            cs = gxt * dsig * sg2
         else:
-            t = (rows // P)[:, None] * C + c[None, :]
-            th = tl.load(th_ptr + t, mask=inb, other=0.0)
-            fm = tl.load(fm_ptr + t, mask=inb, other=0.0)
-            fs = tl.load(fs_ptr + t, mask=inb, other=0.0)
-        gxt = g * x * th
-        cm = gxt * fm
-        cs = gxt * fs
-    tl.store(dx_ptr + idx, (g * th).to(dx_ptr.dtype.element_ty), mask=inb)
-    # pruned units and padding contribute exactly 0 to dμ, d log σ (even where x or a factor is not finite)
-    pm = tl.sum(tl.where(live, cm, 0.0), axis=0)
-    ps = tl.sum(tl.where(live, cs, 0.0), axis=0)
-    prow = pid_m.to(tl.int64) * K
-    tl.store(pm_ptr + prow + cols, pm, mask=cin)
-    tl.store(ps_ptr + prow + cols, ps, mask=cin)
+            if MODE == 1:
+                th = th1
+                fm = fm1
+                fs = fs1
+            else:
+                t = (rows // P)[:, None] * C + c[None, :]
+                th = tl.load(th_ptr + t, mask=inb, other=0.0)
+                fm = tl.load(fm_ptr + t, mask=inb, other=0.0)
+                fs = tl.load(fs_ptr + t, mask=inb, other=0.0)
+            gxt = g * x * th
+            cm = gxt * fm
+            cs = gxt * fs
+        tl.store(dx_ptr + idx, (g * th).to(dx_ptr.dtype.element_ty), mask=inb)
+        # pruned units and padding contribute exactly 0 to dμ, d log σ (even where x or a factor is not finite)
+        acc_m += tl.sum(tl.where(live, cm, 0.0), axis=0)
+        acc_s += tl.sum(tl.where(live, cs, 0.0), axis=0)
+    prow = pid_g.to(tl.int64) * K
+    tl.store(pm_ptr + prow + cols, acc_m, mask=cin)
+    tl.store(ps_ptr + prow + cols, acc_s, mask=cin)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -250,6 +275,23 @@ def _bwd_kernel(g_ptr, x_ptr, dx_ptr, pm_ptr, ps_ptr, tab_ptr, th_ptr, fm_ptr, f
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _on_device(t: torch.Tensor):
+    """Make t's GPU the current device for the launches (Triton launches on the current device, so a tensor on a
+    second GPU would otherwise fail); a no-op for CPU tensors (interpreter)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+_BWD_TARGET_PROGRAMS = 1024   # backward programs on a GPU: a fixed number (never the SM count), so sums are reproducible
+
+
+def _row_groups(m, bm, k, bk):
+    """How many programs share a column block in the backward (each loops over every ROW_GROUPS-th row block)."""
+    nmb = triton.cdiv(m, bm)
+    if _interpreting():
+        return 1
+    return max(1, min(nmb, triton.cdiv(_BWD_TARGET_PROGRAMS, triton.cdiv(k, bk))))
 
 
 def _math_dtype(x: torch.Tensor) -> torch.dtype:
@@ -302,8 +344,8 @@ def _plan(n, p, c, s, granularity, numel):
 
 def _tiles(m, k, mode, backward):
     """(BLOCK_M, BLOCK_K, num_warps).  GPU: the sampler is register-hungry, so _INLINE tiles hold 1K elements
-    (4 a thread); gather tiles are memory-bound and hold 4K.  Backward tiles are narrow (128 columns) so that the
-    partial-sum buffer, K·M/BLOCK_M per quantity, stays small.  Interpreter: as few programs as possible."""
+    (4 a thread); gather tiles are memory-bound and hold 4K.  Backward tiles are 128 columns wide (each backward
+    program loops over row blocks, see _row_groups).  Interpreter: as few programs as possible."""
     if _interpreting():
         bk = min(triton.next_power_of_2(k), 1 << 14)
         return min(triton.next_power_of_2(m), max(1, (1 << 14) // bk)), bk, 4
@@ -337,13 +379,14 @@ def lognormal_noise(x, mu, log_sigma, mask, a: float, b: float, dim: int, granul
     y = torch.empty_like(x)
     if x.numel() == 0:
         return y
-    tab = _unit_table(mu, log_sigma, mask, a, b, _math_dtype(x))
-    mode, t = _plan(n, p, c, s, granularity, x.numel())
-    th = _draws(tab, t, c, seed, offset, grad=False)[0] if mode != _INLINE else tab
-    m, k = n * p, c * s
-    bm, bk, warps = _tiles(m, k, mode, backward=False)
-    _fwd_kernel[(triton.cdiv(m, bm) * triton.cdiv(k, bk),)](x, y, tab, th, m, k, s, p, c, seed, offset, MODE=mode,
-                                                            BLOCK_M=bm, BLOCK_K=bk, num_warps=warps)
+    with _on_device(x):
+        tab = _unit_table(mu, log_sigma, mask, a, b, _math_dtype(x))
+        mode, t = _plan(n, p, c, s, granularity, x.numel())
+        th = _draws(tab, t, c, seed, offset, grad=False)[0] if mode != _INLINE else tab
+        m, k = n * p, c * s
+        bm, bk, warps = _tiles(m, k, mode, backward=False)
+        _fwd_kernel[(triton.cdiv(m, bm) * triton.cdiv(k, bk),)](x, y, tab, th, m, k, s, p, c, seed, offset,
+                                                                MODE=mode, BLOCK_M=bm, BLOCK_K=bk, num_warps=warps)
     return y
 
 
@@ -359,16 +402,18 @@ def lognormal_noise_backward(grad_y, x, mu, log_sigma, mask, a: float, b: float,
     if x.numel() == 0:
         return dx, torch.zeros_like(mu), torch.zeros_like(log_sigma)
     dt = _math_dtype(x)
-    tab = _unit_table(mu, log_sigma, mask, a, b, dt)
-    mode, t = _plan(n, p, c, s, granularity, x.numel())
-    th, fm, fs = _draws(tab, t, c, seed, offset, grad=True) if mode != _INLINE else (tab, tab, tab)
-    m, k = n * p, c * s
-    bm, bk, warps = _tiles(m, k, mode, backward=True)
-    nmb = triton.cdiv(m, bm)
-    part = torch.empty((2, nmb, k), dtype=dt, device=x.device)
-    _bwd_kernel[(nmb * triton.cdiv(k, bk),)](grad_y, x, dx, part[0], part[1], tab, th, fm, fs, m, k, s, p, c, seed,
-                                             offset, MODE=mode, BLOCK_M=bm, BLOCK_K=bk, num_warps=warps)
-    # second stage: a fixed-order reduction over row blocks and the dims after the unit axis
-    dmu, dls = part.view(2, nmb, c, s).sum(dim=(1, 3))
+    with _on_device(x):
+        tab = _unit_table(mu, log_sigma, mask, a, b, dt)
+        mode, t = _plan(n, p, c, s, granularity, x.numel())
+        th, fm, fs = _draws(tab, t, c, seed, offset, grad=True) if mode != _INLINE else (tab, tab, tab)
+        m, k = n * p, c * s
+        bm, bk, warps = _tiles(m, k, mode, backward=True)
+        groups = _row_groups(m, bm, k, bk)
+        part = torch.empty((2, groups, k), dtype=dt, device=x.device)
+        _bwd_kernel[(groups * triton.cdiv(k, bk),)](grad_y, x, dx, part[0], part[1], tab, th, fm, fs, m, k, s, p, c,
+                                                    seed, offset, groups, MODE=mode, BLOCK_M=bm, BLOCK_K=bk,
+                                                    num_warps=warps)
+    # second stage: a fixed-order reduction over the row groups and the dims after the unit axis
+    dmu, dls = part.view(2, groups, c, s).sum(dim=(1, 3))
     # two rows of one tensor: copy, a custom op's outputs must not alias each other
     return dx, dmu.to(mu.dtype, copy=True), dls.to(log_sigma.dtype, copy=True)

@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -104,6 +105,15 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _on_device(t: torch.Tensor):
+    """Make t's GPU the current device for the launches (Triton launches on the current device, so a tensor on a
+    second GPU would otherwise fail); a no-op for CPU tensors (interpreter)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+_GRAM_TARGET_BLOCKS = 512   # ~4 programs per SM of an H100/H200; csrc/cuda/svgd.cu uses the same target
+
+
 def _block_n(n: int) -> int:
     return min(64, max(16, triton.next_power_of_2(n)))
 
@@ -133,23 +143,23 @@ def svgd_kernel_matrix(particles, bandwidth):
     bn = _block_n(n)
     tiles = triton.cdiv(n, bn)
     bk = 512 if _interpreting() else 64
-    if _interpreting():
-        target = 2
-    else:
-        target = max(1, 4 * torch.cuda.get_device_properties(device).multi_processor_count // (tiles * tiles))
+    # a fixed block target, never the SM count: the float64 sum over the splits, hence K and h, must not depend on
+    # the GPU model
+    target = 2 if _interpreting() else max(1, _GRAM_TARGET_BLOCKS // (tiles * tiles))
     m_max = max(x.shape[1] for x in xs)
     splits = max(1, min(target, triton.cdiv(m_max, 8 * bk)))
     part = torch.zeros((splits, n, n), dtype=torch.float64, device=device)
     first = True
-    for x in xs:
-        m = x.shape[1]
-        if m == 0:
-            continue
-        cols = triton.cdiv(triton.cdiv(m, splits), bk) * bk
-        grid = (triton.cdiv(m, cols), tiles, tiles)
-        _gram_kernel[grid](x, part, n, m, cols, ACCUM=not first, IS_F64=x.dtype == torch.float64, BLOCK_N=bn,
-                           BLOCK_K=bk)
-        first = False
+    with _on_device(part):
+        for x in xs:
+            m = x.shape[1]
+            if m == 0:
+                continue
+            cols = triton.cdiv(triton.cdiv(m, splits), bk) * bk
+            grid = (triton.cdiv(m, cols), tiles, tiles)
+            _gram_kernel[grid](x, part, n, m, cols, ACCUM=not first, IS_F64=x.dtype == torch.float64, BLOCK_N=bn,
+                               BLOCK_K=bk)
+            first = False
     gram = part.sum(0)
     sq = gram.diagonal()
     d = (sq[:, None] + sq[None, :] - 2.0 * gram).clamp_min(0.0)
@@ -185,6 +195,7 @@ def svgd_apply(K, h, x, score):
     bd = 1024 if _interpreting() else (64 if is64 else 128)
     num_i = triton.cdiv(n, bi)
     grid = (num_i * triton.cdiv(m, bd),)
-    _apply_kernel[grid](K.to(torch.float64).contiguous(), h.to(torch.float64).reshape(1), X, S, out, n, m, num_i,
-                        1.0 / n, IS_F64=is64, BLOCK_I=bi, BLOCK_J=bi, BLOCK_D=bd)
+    with _on_device(out):
+        _apply_kernel[grid](K.to(torch.float64).contiguous(), h.to(torch.float64).reshape(1), X, S, out, n, m, num_i,
+                            1.0 / n, IS_F64=is64, BLOCK_I=bi, BLOCK_J=bi, BLOCK_D=bd)
     return out.reshape(x.shape)

@@ -9,7 +9,8 @@
   and the CUDA include dir of the nvcc found on PATH.
 
 Exits 1 with the compiler's message on the first failure, 0 when everything compiles, and 0 with
-'skipped: nvcc not found' where there is no nvcc.  ``--ptxas-info`` also prints register and spill counts.
+'skipped: nvcc not found' where there is no nvcc.  ``--ptxas-info`` also prints one line per kernel and arch
+(registers, spill bytes, shared memory, demangled name); with ``--ptxas-info`` any spill fails the check.
 """
 from __future__ import annotations
 
@@ -75,9 +76,40 @@ def run(cmd: list[str], what: str) -> str:
     return out
 
 
+def ptxas_report(out: str) -> list[tuple[str, str, int, int, str]]:
+    """(arch, kernel, registers, spill bytes, smem) per entry function from ``-Xptxas -v`` output."""
+    rows, cur = [], None
+    for line in out.splitlines():
+        m = re.search(r"Compiling entry function '([^']+)' for '(sm_\d+)'", line)
+        if m:
+            cur = [m.group(2), m.group(1), 0, 0, "0 bytes smem"]
+            rows.append(cur)
+            continue
+        if cur is None:
+            continue
+        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            cur[3] = int(m.group(1)) + int(m.group(2))
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            cur[2] = int(m.group(1))
+            sm = re.search(r"(\d+ bytes smem)", line)
+            cur[4] = sm.group(1) if sm else "0 bytes smem"
+    names = [r[1] for r in rows]
+    filt = shutil.which("c++filt")
+    if filt and names:
+        dem = subprocess.run([filt], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
+        if len(dem) == len(names):
+            for r, d in zip(rows, dem):
+                # drop the anonymous-namespace noise and the parameter list
+                r[1] = re.sub(r"\(anonymous namespace\)::|fastbayes::", "", d).split("(")[0]
+    return [tuple(r) for r in rows]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ptxas-info", action="store_true", help="print registers/spills of every kernel")
+    ap.add_argument("only", nargs="*", help="check only these .cu/.cpp files (default: all, plus the headers)")
     args = ap.parse_args()
 
     nvcc = shutil.which("nvcc")
@@ -96,13 +128,22 @@ def main() -> int:
     headers = sorted(os.path.join(CSRC, "include", "fastbayes", f)
                      for f in os.listdir(os.path.join(CSRC, "include", "fastbayes")) if f.endswith(".h"))
     glue = sorted(os.path.join(CSRC, "cuda", f) for f in os.listdir(os.path.join(CSRC, "cuda")) if f.endswith(".cpp"))
+    if args.only:
+        only = {os.path.realpath(f) for f in args.only}
+        cu_files = [f for f in cu_files if os.path.realpath(f) in only]
+        glue = [f for f in glue if os.path.realpath(f) in only]
+        headers = []
     t0 = time.perf_counter()
+    spills: list[tuple[str, str, int]] = []
     with tempfile.TemporaryDirectory(prefix="fb_check_cuda_") as td:
         for i, f in enumerate(cu_files):
             out = run([nvcc, "-c", f, "-o", os.path.join(td, f"{i}.o"), *nvcc_flags],
                       f"nvcc sm_{'/sm_'.join(ARCHS)} {os.path.relpath(f, ROOT)}")
             if args.ptxas_info:
-                print("\n".join(line for line in out.splitlines() if "registers" in line or "spill" in line))
+                for arch, name, regs, spill, smem in ptxas_report(out):
+                    print(f"     {arch} {regs:4d} regs {spill:4d} B spill {smem:>16}  {name}")
+                    if spill:
+                        spills.append((arch, name, spill))
         for i, h in enumerate(headers):
             probe = os.path.join(td, f"header_{i}.cu")
             with open(probe, "w") as fh:
@@ -115,6 +156,9 @@ def main() -> int:
         for f in glue:
             run([cxx, "-fsyntax-only", "-std=c++20", "-Wall", *defines, *incs, *cuda_incs, f],
                 f"{cxx} -fsyntax-only {os.path.relpath(f, ROOT)}")
+    if spills:
+        print("FAIL register spills:\n" + "\n".join(f"  {a} {n}: {b} bytes" for a, n, b in spills), file=sys.stderr)
+        return 1
     print(f"check_cuda: {len(cu_files)} .cu, {len(headers)} headers, {len(glue)} .cpp compiled "
           f"in {time.perf_counter() - t0:.1f} s")
     return 0

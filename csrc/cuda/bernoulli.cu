@@ -6,70 +6,23 @@
 // forward selects y = x or 0 on the element bits (any dtype; 16-byte vectors when S allows).  The backward writes
 // dx = g·ξ and reduces Σ g·x per unit in double: blocks write fixed partial sums ([chunks, C] or [chunks, C·S]) that
 // a second kernel adds in a fixed order, so the result is deterministic (no atomics) and independent of the GPU.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-#include <stdint.h>
-
 #include <type_traits>
 
+#include "dtype_io.cuh"
 #include "fastbayes/philox.h"
 
 namespace fastbayes {
 namespace cuda_bernoulli {
 namespace {
 
-enum Dtype { kF32 = 0, kF64 = 1, kF16 = 2, kBF16 = 3 };  // launchers.h FbDtype
-
-// Element storage -> math type (float, double for float64); explicit intrinsics (torch builds with
-// __CUDA_NO_HALF_CONVERSIONS__ etc.).
-template <typename X>
-struct Elem;
-template <>
-struct Elem<float> {
-  using T = float;
-  using B = uint32_t;
-  static __device__ __forceinline__ float ld(float v) { return v; }
-  static __device__ __forceinline__ float st(float v) { return v; }
-};
-template <>
-struct Elem<double> {
-  using T = double;
-  using B = unsigned long long;
-  static __device__ __forceinline__ double ld(double v) { return v; }
-  static __device__ __forceinline__ double st(double v) { return v; }
-};
-template <>
-struct Elem<__half> {
-  using T = float;
-  using B = uint16_t;
-  static __device__ __forceinline__ float ld(__half v) { return __half2float(v); }
-  static __device__ __forceinline__ __half st(float v) { return __float2half_rn(v); }
-};
-template <>
-struct Elem<__nv_bfloat16> {
-  using T = float;
-  using B = uint16_t;
-  static __device__ __forceinline__ float ld(__nv_bfloat16 v) { return __bfloat162float(v); }
-  static __device__ __forceinline__ __nv_bfloat16 st(float v) { return __float2bfloat16_rn(v); }
-};
+using cuda::Div32;
+using cuda::Elem;
 
 // v where keep else +0, on the bits.
 template <typename B>
 __device__ __forceinline__ B select_bits(B v, bool keep) {
   return keep ? v : B(0);
 }
-
-// n / d for 32-bit n < 2^31 by a multiply-high (PyTorch's IntDivider).
-struct Div32 {
-  uint32_t d, m, s;
-  __host__ explicit Div32(uint32_t divisor) : d(divisor) {
-    s = 0;
-    while (s < 32 && (uint64_t{1} << s) < divisor) ++s;
-    m = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << s) - divisor)) / divisor + 1);
-  }
-  __device__ __forceinline__ uint32_t div(uint32_t n) const { return (__umulhi(n, m) + n) >> s; }
-};
 
 constexpr int kThreads = 256;
 constexpr int kMaxGrid = 65535 * 16;
@@ -126,15 +79,26 @@ __global__ void forward_kernel(const B* __restrict__ x, B* __restrict__ y, const
   }
 }
 
-// S % V == 0 (V = 16 / sizeof element): 16-byte vectors, all lanes of one (row, unit).  Grid-stride over vectors.
-template <int V>
+// S % V == 0 (V = 16 / sizeof element): 16-byte vectors, all lanes of one (row, unit).  Grid-stride over vectors;
+// k32 (nvec < 2^31): the three divisions per vector by the multiply-high divider, else in 64 bits.
+template <bool k32>
 __global__ void forward_vec_kernel(const uint4* __restrict__ x, uint4* __restrict__ y, const uint8_t* __restrict__ xi,
-                                   int64_t nvec, int64_t C, int64_t SV, int64_t P) {
+                                   int64_t nvec, int64_t C, int64_t SV, int64_t P, Div32 dSV, Div32 dC, Div32 dP) {
   for (int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; v < nvec;
        v += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t q = v / SV, row = q / C, c = q - row * C;
+    int64_t n, c;
+    if (k32) {
+      const uint32_t q = dSV.div(static_cast<uint32_t>(v));
+      const uint32_t row = dC.div(q);
+      c = q - row * static_cast<uint32_t>(C);
+      n = dP.div(row);
+    } else {
+      const int64_t q = v / SV, row = q / C;
+      c = q - row * C;
+      n = row / P;
+    }
     const uint4 z = make_uint4(0u, 0u, 0u, 0u);
-    y[v] = xi[(row / P) * C + c] ? x[v] : z;
+    y[v] = xi[n * C + c] ? x[v] : z;
   }
 }
 
@@ -307,8 +271,16 @@ void forward_bits(const void* xv, void* yv, const float* theta, const bool* mask
   const bool aligned = (reinterpret_cast<uintptr_t>(xv) % 16 == 0) && (reinterpret_cast<uintptr_t>(yv) % 16 == 0);
   if (!plan.inline_draws && S % V == 0 && aligned) {
     const int64_t nvec = n / V;
-    forward_vec_kernel<V><<<grid_for(nvec), kThreads, 0, stream>>>(
-        static_cast<const uint4*>(xv), static_cast<uint4*>(yv), xi, nvec, C, S / V, P);
+    const bool k32 = nvec < (int64_t{1} << 31);
+    const Div32 dSV(static_cast<uint32_t>(k32 ? S / V : 1)), dC(static_cast<uint32_t>(k32 ? C : 1)),
+        dP(static_cast<uint32_t>(k32 ? P : 1));
+    if (k32) {
+      forward_vec_kernel<true><<<grid_for(nvec), kThreads, 0, stream>>>(
+          static_cast<const uint4*>(xv), static_cast<uint4*>(yv), xi, nvec, C, S / V, P, dSV, dC, dP);
+    } else {
+      forward_vec_kernel<false><<<grid_for(nvec), kThreads, 0, stream>>>(
+          static_cast<const uint4*>(xv), static_cast<uint4*>(yv), xi, nvec, C, S / V, P, dSV, dC, dP);
+    }
     return;
   }
   const B* x = static_cast<const B*>(xv);
@@ -419,12 +391,12 @@ extern "C" cudaError_t fb_bernoulli_gate_cuda(int x_dtype, const void* x, void* 
   uint8_t* xi = static_cast<uint8_t*>(workspace);
   launch_draws(plan, theta, mask, C, seed, offset, xi, stream);
   switch (x_dtype) {
-    case kF32: forward_bits<uint32_t>(x, y, theta, mask, R, P, C, S, seed, offset, plan, xi, stream); break;
-    case kF64:
+    case FB_FLOAT32: forward_bits<uint32_t>(x, y, theta, mask, R, P, C, S, seed, offset, plan, xi, stream); break;
+    case FB_FLOAT64:
       forward_bits<unsigned long long>(x, y, theta, mask, R, P, C, S, seed, offset, plan, xi, stream);
       break;
-    case kF16:
-    case kBF16: forward_bits<uint16_t>(x, y, theta, mask, R, P, C, S, seed, offset, plan, xi, stream); break;
+    case FB_FLOAT16:
+    case FB_BFLOAT16: forward_bits<uint16_t>(x, y, theta, mask, R, P, C, S, seed, offset, plan, xi, stream); break;
     default: return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
@@ -438,19 +410,19 @@ extern "C" cudaError_t fb_bernoulli_gate_backward_cuda(int x_dtype, int g_dtype,
   return backward_typed<X, G>(grad_y, x, dx, theta, mask, dtheta, R, P, C, S, seed, offset, workspace, stream)
   const bool same = g_dtype == x_dtype;
   switch (x_dtype) {
-    case kF32:
-      if (g_dtype != kF32) return cudaErrorInvalidValue;
+    case FB_FLOAT32:
+      if (g_dtype != FB_FLOAT32) return cudaErrorInvalidValue;
       FB_BG_BWD(float, float);
-    case kF64:
-      if (g_dtype != kF64) return cudaErrorInvalidValue;
+    case FB_FLOAT64:
+      if (g_dtype != FB_FLOAT64) return cudaErrorInvalidValue;
       FB_BG_BWD(double, double);
-    case kF16:
+    case FB_FLOAT16:
       if (same) FB_BG_BWD(__half, __half);
-      if (g_dtype != kF32) return cudaErrorInvalidValue;
+      if (g_dtype != FB_FLOAT32) return cudaErrorInvalidValue;
       FB_BG_BWD(__half, float);
-    case kBF16:
+    case FB_BFLOAT16:
       if (same) FB_BG_BWD(__nv_bfloat16, __nv_bfloat16);
-      if (g_dtype != kF32) return cudaErrorInvalidValue;
+      if (g_dtype != FB_FLOAT32) return cudaErrorInvalidValue;
       FB_BG_BWD(__nv_bfloat16, float);
     default: return cudaErrorInvalidValue;
   }
@@ -463,12 +435,12 @@ extern "C" cudaError_t fb_scale_mixture_prior_cuda(int dtype, const void* theta,
   if (n == 0) return cudaSuccess;
   const unsigned int grid = grid_for(n);
   switch (dtype) {
-    case kF32:
+    case FB_FLOAT32:
       prior_kernel<float><<<grid, kThreads, 0, stream>>>(
           static_cast<const float*>(theta), static_cast<const float*>(sq_norm), static_cast<const float*>(k),
           static_cast<const float*>(log_var0), static_cast<const float*>(log_var1), static_cast<float*>(out), n);
       break;
-    case kF64:
+    case FB_FLOAT64:
       prior_kernel<double><<<grid, kThreads, 0, stream>>>(
           static_cast<const double*>(theta), static_cast<const double*>(sq_norm), static_cast<const double*>(k),
           static_cast<const double*>(log_var0), static_cast<const double*>(log_var1), static_cast<double*>(out), n);
@@ -485,13 +457,13 @@ extern "C" cudaError_t fb_scale_mixture_prior_backward_cuda(int dtype, const voi
   if (n == 0) return cudaSuccess;
   const unsigned int grid = grid_for(n);
   switch (dtype) {
-    case kF32:
+    case FB_FLOAT32:
       prior_backward_kernel<float><<<grid, kThreads, 0, stream>>>(
           static_cast<const float*>(grad), static_cast<const float*>(theta), static_cast<const float*>(sq_norm),
           static_cast<const float*>(k), static_cast<const float*>(log_var0), static_cast<const float*>(log_var1),
           static_cast<float*>(dtheta), static_cast<float*>(dsq), n);
       break;
-    case kF64:
+    case FB_FLOAT64:
       prior_backward_kernel<double><<<grid, kThreads, 0, stream>>>(
           static_cast<const double*>(grad), static_cast<const double*>(theta), static_cast<const double*>(sq_norm),
           static_cast<const double*>(k), static_cast<const double*>(log_var0), static_cast<const double*>(log_var1),

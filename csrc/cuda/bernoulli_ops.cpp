@@ -13,33 +13,17 @@
 #include <tuple>
 #include <utility>
 
-// bernoulli.cu
-extern "C" {
-size_t fb_bernoulli_workspace_bytes(int64_t R, int64_t P, int64_t C, int64_t S, int backward);
-cudaError_t fb_bernoulli_gate_cuda(int x_dtype, const void* x, void* y, const float* theta, const bool* mask,
-                                   int64_t R, int64_t P, int64_t C, int64_t S, uint64_t seed, uint64_t offset,
-                                   void* workspace, cudaStream_t stream);
-cudaError_t fb_bernoulli_gate_backward_cuda(int x_dtype, int g_dtype, const void* grad_y, const void* x, void* dx,
-                                            const float* theta, const bool* mask, float* dtheta, int64_t R, int64_t P,
-                                            int64_t C, int64_t S, uint64_t seed, uint64_t offset, void* workspace,
-                                            cudaStream_t stream);
-cudaError_t fb_scale_mixture_prior_cuda(int dtype, const void* theta, const void* sq_norm, const void* k,
-                                        const void* log_var0, const void* log_var1, void* out, int64_t n,
-                                        cudaStream_t stream);
-cudaError_t fb_scale_mixture_prior_backward_cuda(int dtype, const void* grad, const void* theta, const void* sq_norm,
-                                                 const void* k, const void* log_var0, const void* log_var1,
-                                                 void* dtheta, void* dsq, int64_t n, cudaStream_t stream);
-}
+#include "launchers.h"
 
 namespace fastbayes {
 namespace {
 
 int dtype_code(at::ScalarType t, const char* name) {
   switch (t) {
-    case at::kFloat: return 0;
-    case at::kDouble: return 1;
-    case at::kHalf: return 2;
-    case at::kBFloat16: return 3;
+    case at::kFloat: return FB_FLOAT32;
+    case at::kDouble: return FB_FLOAT64;
+    case at::kHalf: return FB_FLOAT16;
+    case at::kBFloat16: return FB_BFLOAT16;
     default: TORCH_CHECK_VALUE(false, name, " must be float16, bfloat16, float32 or float64, got ", t);
   }
   return -1;

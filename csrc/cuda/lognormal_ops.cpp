@@ -12,16 +12,17 @@
 #include <tuple>
 
 #include "fastbayes/lognormal.h"
+#include "launchers.h"
 
 namespace fastbayes {
 namespace {
 
 int dtype_code(at::ScalarType t, const char* name) {
   switch (t) {
-    case at::kFloat: return 0;
-    case at::kDouble: return 1;
-    case at::kHalf: return 2;
-    case at::kBFloat16: return 3;
+    case at::kFloat: return FB_FLOAT32;
+    case at::kDouble: return FB_FLOAT64;
+    case at::kHalf: return FB_FLOAT16;
+    case at::kBFloat16: return FB_BFLOAT16;
     default: TORCH_CHECK_VALUE(false, name, " must be float16, bfloat16, float32 or float64, got ", t);
   }
   return -1;
@@ -120,9 +121,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lognormal_noise_backward_cuda(
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), mu = mu_in.contiguous(), ls = log_sigma_in.contiguous();
   const at::Tensor mask = mask_in ? mask_in->contiguous() : at::Tensor();
-  // the reference computes with g.to(math dtype): keep g in x's dtype, else convert it exactly like that
-  const at::ScalarType math = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor g = (grad_y.scalar_type() == x.scalar_type() ? grad_y : grad_y.to(math)).contiguous();
+  // any dtype: the kernels round g to the math dtype on load, as the reference's g.to(math dtype) does
+  const at::Tensor g = grad_y.contiguous();
   at::Tensor dx = at::empty_like(x);
   at::Tensor dmu = at::empty_like(mu), dls = at::empty_like(mu);
   if (mu.numel() == 0) return {dx, dmu, dls};

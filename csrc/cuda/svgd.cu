@@ -11,14 +11,17 @@
 //   finalize_kernel  one block: D = max(0, G_ii + G_jj − 2 G_ij), diagonal 0; the median of the n(n−1)/2 upper
 //                    values by two radix selections (8 passes of 8 bits over the float64 bit patterns, which order
 //                    like the values for non-negative doubles) and its fallbacks; K = exp(−D/h), h.
+// The column split of the Gram pass is a function of n and the widest tensor only (fb_svgd_gram_splits: a fixed
+// target of blocks, not the SM count), so K and h do not depend on the GPU model.
 // svgd_apply: φ = K·Y + diag(c·r)·X with Y = S/n − c·X, c = 2/(h n), r = K·1 (the reference's two products
-//   regrouped into one).  apply_prep_kernel (one block) writes Kᵀ and c·r in x's dtype; apply_kernel has 8 warps,
-//   warp w owning R rows of φ and lane l the columns l, l+32, l+64, l+96 of a 128-column block (conflict-free
-//   shared reads, coalesced loads and stores), so a block holds up to 128 rows: for
-//   n <= 128 X and S are read once (the epilogue's X rows come back from L2) and φ is written once.
-#include <cuda_runtime.h>
+//   regrouped into one), one kernel: apply_kernel reads K (float64, L2-resident) in the chunks it stages anyway,
+//   forms r from those same loads and c, 1/n from h, so there is no per-tensor coefficient pass.  8 warps, warp w
+//   owning R rows of φ and lane l the columns l, l+32, l+64, l+96 of a 128-column block (conflict-free shared
+//   reads, coalesced loads and stores), so a block holds up to 128 rows: for n <= 128 X and S are read once (the
+//   epilogue's X rows come back from L2) and φ is written once.
 #include <math.h>
-#include <stdint.h>
+
+#include "dtype_io.cuh"
 
 namespace fastbayes {
 namespace cuda_svgd {
@@ -27,8 +30,7 @@ namespace {
 constexpr int kGramChunk = 32;   // columns staged per step of gram_kernel
 constexpr int kApplyCols = 128;  // columns of φ per apply block (32 lanes × 4)
 constexpr int kFinalizeThreads = 1024;
-
-enum Dtype { kF32 = 0, kF64 = 1 };  // the FbDtype codes of launchers.h
+constexpr int64_t kGramTargetBlocks = 512;  // fixed (about 4 blocks per SM of an H100/H200), never the SM count
 
 // ---------------------------------------------------------------------------------------------------------
 // Gram matrix
@@ -220,47 +222,31 @@ __global__ void __launch_bounds__(kFinalizeThreads) finalize_kernel(const double
 // ---------------------------------------------------------------------------------------------------------
 // φ = K·Y + diag(c·r)·X
 
-// coef layout (T): Kt [n][n] (Kt[j][i] = K[i][j]), cr [n], then inv_n and c.
-template <typename T>
-__global__ void apply_prep_kernel(const double* __restrict__ K, const double* __restrict__ h, int64_t n,
-                                  T* __restrict__ coef) {
-  const double inv_n = 1.0 / static_cast<double>(n), c = 2.0 * inv_n / *h;
-  T* kt = coef;
-  T* cr = coef + n * n;
-  for (int64_t idx = threadIdx.x; idx < n * n; idx += blockDim.x) {
-    const int64_t i = idx / n, j = idx % n;
-    kt[j * n + i] = static_cast<T>(K[idx]);
-  }
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    double r = 0.0;
-    for (int64_t j = 0; j < n; ++j) r += K[i * n + j];
-    cr[i] = static_cast<T>(c * r);
-  }
-  if (threadIdx.x == 0) {
-    coef[n * n + n] = static_cast<T>(inv_n);
-    coef[n * n + n + 1] = static_cast<T>(c);
-  }
-}
-
 template <typename T, int R>
-__global__ void __launch_bounds__(256) apply_kernel(const T* __restrict__ coef, const T* __restrict__ x,
-                                                    const T* __restrict__ s, T* __restrict__ out, int64_t n,
-                                                    int64_t m) {
-  constexpr int JC = sizeof(T) == 4 ? 16 : 8;  // particles per staged chunk
+__global__ void __launch_bounds__(256) apply_kernel(const double* __restrict__ K, const double* __restrict__ h,
+                                                    const T* __restrict__ x, const T* __restrict__ s,
+                                                    T* __restrict__ out, int64_t n, int64_t m) {
+  constexpr int JC = sizeof(T) == 4 ? 16 : 8;  // particles per staged chunk (divides 32 and 256)
   constexpr int ROWS = 8 * R;
+  constexpr int TPR = 256 / ROWS;              // threads per row of a staged K chunk (2 .. 32, divides 32)
+  constexpr int KJ = (JC + TPR - 1) / TPR;     // K entries a thread stages per chunk
   __shared__ T ys[JC][kApplyCols];
-  __shared__ T ks[JC][ROWS];
+  __shared__ T ks[JC][ROWS + 1];  // +1: the staging stores walk jj
+  __shared__ double cr_s[ROWS];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kApplyCols;
   const int64_t i0 = static_cast<int64_t>(blockIdx.y) * ROWS;
-  const T* kt = coef;
-  const T* cr = coef + n * n;
-  const T inv_n = coef[n * n + n], c = coef[n * n + n + 1];
+  const double inv_n_d = 1.0 / static_cast<double>(n), c_d = 2.0 * inv_n_d / *h;
+  const T inv_n = static_cast<T>(inv_n_d), c = static_cast<T>(c_d);
   T acc[R][4];
 #pragma unroll
   for (int r = 0; r < R; ++r)
 #pragma unroll
     for (int q = 0; q < 4; ++q) acc[r][q] = T(0);
+  // r_i = Σ_j K_ij in float64 from the staged loads: thread tid stages row ii_t = tid / TPR of every chunk (the
+  // particles tj, tj + TPR, ...), so one float64 accumulator per thread holds its share of r_{i0 + ii_t}
+  const int ii_t = tid / TPR, tj = tid % TPR;
+  double rpart = 0.0;
 
   for (int64_t j0 = 0; j0 < n; j0 += JC) {
     for (int e = tid; e < JC * kApplyCols; e += 256) {
@@ -273,10 +259,15 @@ __global__ void __launch_bounds__(256) apply_kernel(const T* __restrict__ coef, 
       }
       ys[jj][cc] = y;
     }
-    for (int e = tid; e < JC * ROWS; e += 256) {
-      const int jj = e / ROWS, ii = e % ROWS;
-      const int64_t j = j0 + jj, i = i0 + ii;
-      ks[jj][ii] = (j < n && i < n) ? kt[j * n + i] : T(0);
+#pragma unroll
+    for (int k = 0; k < KJ; ++k) {
+      const int jj = tj + TPR * k;  // consecutive threads: consecutive particles of one row
+      if (jj < JC) {
+        const int64_t i = i0 + ii_t, j = j0 + jj;
+        const double kv = (i < n && j < n) ? K[i * n + j] : 0.0;
+        rpart += kv;
+        ks[jj][ii_t] = static_cast<T>(kv);
+      }
     }
     __syncthreads();
 #pragma unroll
@@ -293,11 +284,16 @@ __global__ void __launch_bounds__(256) apply_kernel(const T* __restrict__ coef, 
     }
     __syncthreads();
   }
+  // Σ over the TPR consecutive lanes that share a row, in a fixed butterfly order; c·r for the epilogue
+#pragma unroll
+  for (int o = TPR / 2; o > 0; o >>= 1) rpart += __shfl_xor_sync(0xffffffffu, rpart, o);
+  if (tj == 0) cr_s[ii_t] = c_d * rpart;
+  __syncthreads();
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const int64_t i = i0 + warp * R + r;
     if (i >= n) continue;
-    const T d = cr[i];
+    const T d = static_cast<T>(cr_s[warp * R + r]);
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
       const int64_t col = col0 + lane + 32 * q;
@@ -333,17 +329,18 @@ int apply_r(int64_t n, bool f64) {
 }
 
 template <typename T>
-void launch_apply(const T* coef, const T* x, const T* s, T* out, int64_t n, int64_t m, cudaStream_t stream) {
+void launch_apply(const double* K, const double* h, const T* x, const T* s, T* out, int64_t n, int64_t m,
+                  cudaStream_t stream) {
   const int r = apply_r(n, sizeof(T) == 8);
   const dim3 grid(static_cast<unsigned>((m + kApplyCols - 1) / kApplyCols),
                   static_cast<unsigned>((n + 8 * r - 1) / (8 * r)));
   switch (r) {
-    case 1: apply_kernel<T, 1><<<grid, 256, 0, stream>>>(coef, x, s, out, n, m); break;
-    case 2: apply_kernel<T, 2><<<grid, 256, 0, stream>>>(coef, x, s, out, n, m); break;
-    case 4: apply_kernel<T, 4><<<grid, 256, 0, stream>>>(coef, x, s, out, n, m); break;
-    case 8: apply_kernel<T, 8><<<grid, 256, 0, stream>>>(coef, x, s, out, n, m); break;
+    case 1: apply_kernel<T, 1><<<grid, 256, 0, stream>>>(K, h, x, s, out, n, m); break;
+    case 2: apply_kernel<T, 2><<<grid, 256, 0, stream>>>(K, h, x, s, out, n, m); break;
+    case 4: apply_kernel<T, 4><<<grid, 256, 0, stream>>>(K, h, x, s, out, n, m); break;
+    case 8: apply_kernel<T, 8><<<grid, 256, 0, stream>>>(K, h, x, s, out, n, m); break;
     default:
-      if constexpr (sizeof(T) == 4) apply_kernel<T, 16><<<grid, 256, 0, stream>>>(coef, x, s, out, n, m);
+      if constexpr (sizeof(T) == 4) apply_kernel<T, 16><<<grid, 256, 0, stream>>>(K, h, x, s, out, n, m);
       break;
   }
 }
@@ -356,12 +353,13 @@ using namespace fastbayes::cuda_svgd;
 
 extern "C" {
 
-// Number of column splits of the Gram pass for n particles and at most max_m columns per tensor: enough blocks to
-// fill the device, each split at least 8 chunks wide.
-int64_t fb_svgd_gram_splits(int64_t n, int64_t max_m, int sm_count) {
+// Number of column splits of the Gram pass for n particles and at most max_m columns per tensor: a fixed target
+// of blocks (not the device's SM count, so the float64 summation order, hence K and h, is the same on every GPU),
+// each split at least 8 chunks wide.
+int64_t fb_svgd_gram_splits(int64_t n, int64_t max_m) {
   const int tile = 16 * gram_r(n);
   const int64_t tiles = (n + tile - 1) / tile, pairs = tiles * (tiles + 1) / 2;
-  int64_t splits = (4 * static_cast<int64_t>(sm_count) + pairs - 1) / pairs;
+  int64_t splits = (kGramTargetBlocks + pairs - 1) / pairs;
   const int64_t by_cols = (max_m + 8 * kGramChunk - 1) / (8 * kGramChunk);
   if (splits > by_cols) splits = by_cols;
   if (splits > 65535) splits = 65535;
@@ -372,9 +370,9 @@ int64_t fb_svgd_gram_splits(int64_t n, int64_t max_m, int sm_count) {
 cudaError_t fb_svgd_gram_cuda(int dtype, const void* x, int64_t n, int64_t m, int64_t splits, int accumulate,
                               double* partial, cudaStream_t stream) {
   if (n < 1 || m < 1) return cudaSuccess;
-  if (dtype == kF32) {
+  if (dtype == FB_FLOAT32) {
     launch_gram(static_cast<const float*>(x), n, m, splits, accumulate, partial, stream);
-  } else if (dtype == kF64) {
+  } else if (dtype == FB_FLOAT64) {
     launch_gram(static_cast<const double*>(x), n, m, splits, accumulate, partial, stream);
   } else {
     return cudaErrorInvalidValue;
@@ -399,20 +397,15 @@ cudaError_t fb_svgd_finalize_cuda(const double* partial, int64_t splits, int has
   return cudaGetLastError();
 }
 
-// Elements of dtype in the coefficient workspace of svgd_apply.
-int64_t fb_svgd_apply_coef_elems(int64_t n) { return n * n + n + 2; }
-
 cudaError_t fb_svgd_apply_cuda(int dtype, const double* K, const double* h, const void* x, const void* s, void* out,
-                               int64_t n, int64_t m, void* coef, cudaStream_t stream) {
+                               int64_t n, int64_t m, cudaStream_t stream) {
   if (n < 1 || m < 1) return cudaSuccess;
-  if (dtype == kF32) {
-    apply_prep_kernel<float><<<1, 256, 0, stream>>>(K, h, n, static_cast<float*>(coef));
-    launch_apply(static_cast<const float*>(coef), static_cast<const float*>(x), static_cast<const float*>(s),
-                 static_cast<float*>(out), n, m, stream);
-  } else if (dtype == kF64) {
-    apply_prep_kernel<double><<<1, 256, 0, stream>>>(K, h, n, static_cast<double*>(coef));
-    launch_apply(static_cast<const double*>(coef), static_cast<const double*>(x), static_cast<const double*>(s),
-                 static_cast<double*>(out), n, m, stream);
+  if (dtype == FB_FLOAT32) {
+    launch_apply(K, h, static_cast<const float*>(x), static_cast<const float*>(s), static_cast<float*>(out), n, m,
+                 stream);
+  } else if (dtype == FB_FLOAT64) {
+    launch_apply(K, h, static_cast<const double*>(x), static_cast<const double*>(s), static_cast<double*>(out), n, m,
+                 stream);
   } else {
     return cudaErrorInvalidValue;
   }

@@ -13,31 +13,14 @@
 #include <tuple>
 #include <vector>
 
-// svgd.cu (kept here rather than in launchers.h: only this file calls them)
-extern "C" {
-int64_t fb_svgd_gram_splits(int64_t n, int64_t max_m, int sm_count);
-cudaError_t fb_svgd_gram_cuda(int dtype, const void* x, int64_t n, int64_t m, int64_t splits, int accumulate,
-                              double* partial, cudaStream_t stream);
-cudaError_t fb_svgd_finalize_cuda(const double* partial, int64_t splits, int has_partial, int64_t n,
-                                  double bandwidth, double* G, unsigned long long* keys, double* K, double* h,
-                                  cudaStream_t stream);
-int64_t fb_svgd_apply_coef_elems(int64_t n);
-cudaError_t fb_svgd_apply_cuda(int dtype, const double* K, const double* h, const void* x, const void* s, void* out,
-                               int64_t n, int64_t m, void* coef, cudaStream_t stream);
-}
+#include "launchers.h"
 
 namespace fastbayes {
 namespace {
 
 int svgd_dtype(at::ScalarType t, const char* name) {
   TORCH_CHECK_VALUE(t == at::kFloat || t == at::kDouble, name, " must be float32 or float64, got ", t);
-  return t == at::kFloat ? 0 : 1;
-}
-
-int sm_count(const at::Tensor& t) {
-  int count = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, t.get_device()));
-  return count;
+  return t == at::kFloat ? FB_FLOAT32 : FB_FLOAT64;
 }
 
 std::tuple<at::Tensor, at::Tensor> svgd_kernel_matrix_cuda(at::TensorList particles,
@@ -66,7 +49,7 @@ std::tuple<at::Tensor, at::Tensor> svgd_kernel_matrix_cuda(at::TensorList partic
   const c10::cuda::CUDAGuard guard(first.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const auto f64 = first.options().dtype(at::kDouble);
-  const int64_t splits = fb_svgd_gram_splits(n, std::max<int64_t>(max_m, 1), sm_count(first));
+  const int64_t splits = fb_svgd_gram_splits(n, std::max<int64_t>(max_m, 1));
   // zeroed once, every tensor adds its Gram pieces (a tensor narrower than another leaves some splits untouched)
   at::Tensor partial = at::zeros({splits, n, n}, f64);
   bool has_partial = false;
@@ -111,9 +94,8 @@ at::Tensor svgd_apply_cuda(const at::Tensor& K_in, const at::Tensor& h_in, const
   at::Tensor out = at::empty_like(X);
   const int64_t m = X.numel() / n;
   if (m == 0) return out;
-  at::Tensor coef = at::empty({fb_svgd_apply_coef_elems(n)}, X.options());
   C10_CUDA_CHECK(fb_svgd_apply_cuda(dt, K.const_data_ptr<double>(), h.const_data_ptr<double>(), X.const_data_ptr(),
-                                    S.const_data_ptr(), out.mutable_data_ptr(), n, m, coef.mutable_data_ptr(),
+                                    S.const_data_ptr(), out.mutable_data_ptr(), n, m,
                                     c10::cuda::getCurrentCUDAStream().stream()));
   return out;
 }

@@ -114,27 +114,3 @@ FB_INLINE uint64_t lognormal_counter(Granularity g, uint64_t offset, int64_t n, 
 }
 
 }  // namespace fastbayes
-
-#if defined(__CUDACC__) || defined(FASTBAYES_WITH_CUDA)
-// C-ABI launchers of csrc/cuda/lognormal.cu (tensor glue: csrc/cuda/lognormal_ops.cpp).  x is [R, C, S] contiguous
-// (R = rows before the unit dim, P = the rows per example for "sample"), mu/log_sigma/mask [C]; dtype codes are
-// launchers.h's FbDtype (0 float32, 1 float64, 2 float16, 3 bfloat16); `gran` is fastbayes::Granularity.
-// `workspace` must hold fb_lognormal_workspace_bytes(...) bytes of device memory.  Each returns the launch status.
-#include <cuda_runtime_api.h>
-#include <stddef.h>
-
-extern "C" {
-size_t fb_lognormal_workspace_bytes(int x_dtype, int64_t R, int64_t P, int64_t C, int64_t S, int gran,
-                                    int backward);
-cudaError_t fb_lognormal_noise_cuda(int x_dtype, const void* x, void* y, int p_dtype, const void* mu,
-                                    const void* log_sigma, const bool* mask, double a, double b, int64_t R,
-                                    int64_t P, int64_t C, int64_t S, int gran, uint64_t seed, uint64_t offset,
-                                    void* workspace, cudaStream_t stream);
-// g_dtype is x_dtype, or the math dtype (float32; float64 for float64 x) for an upstream gradient of another dtype.
-cudaError_t fb_lognormal_noise_backward_cuda(int x_dtype, int g_dtype, const void* grad_y, const void* x, void* dx,
-                                             int p_dtype, const void* mu, const void* log_sigma, const bool* mask,
-                                             void* dmu, void* dlog_sigma, double a, double b, int64_t R, int64_t P,
-                                             int64_t C, int64_t S, int gran, uint64_t seed, uint64_t offset,
-                                             void* workspace, cudaStream_t stream);
-}
-#endif
