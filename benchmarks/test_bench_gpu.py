@@ -49,7 +49,8 @@ F32, BF16 = torch.float32, torch.bfloat16
 
 # (activation shape, unit dim); "large" is a ResNet-50 stage-1 activation at batch 256 (822 MB in fp32, far past
 # the 60 MB L2), "small" one MLP layer at batch 128 (launch-bound)
-ACT = {"large": ((4, 8, 6, 6), 1) if DRY else ((256, 256, 56, 56), 1), "small": ((8, 16), 1) if DRY else ((128, 150), 1)}
+ACT = {"large": ((4, 8, 6, 6), 1) if DRY else ((256, 256, 56, 56), 1),
+       "small": ((8, 16), 1) if DRY else ((128, 150), 1)}
 # gate_stats: every unit of a model in one call; 26560 = ResNet-50's BatchNorm channels, 2**24 for bandwidth
 UNITS = {"large": 64 if DRY else 2 ** 24, "small": 16 if DRY else 26560}
 COPY_NUMEL = 2 ** 12 if DRY else 2 ** 28

@@ -10,7 +10,8 @@
 #
 # Options: --out DIR (else $OUT, else a temp folder), --skip-build (use the installed extension), --quick (tiny
 # test/benchmark subsets), --budget SECONDS (total, default 470 = 8 min less margin).  FASTBAYES_PY overrides
-# the python (default: python3; .venv/bin/python with --dry-run).
+# the python (default: python3; .venv/bin/python with --dry-run); FASTBAYES_GPU_CHECK_TESTS the pytest selection
+# of the GPU test step (default: tests, the whole suite).
 #
 # Each step runs under `timeout` with a cap, shortened so that the later steps keep their minimum time; a failed
 # or timed-out step does not stop the later ones (the point is to learn as much as possible from one run).  Step
@@ -34,7 +35,7 @@ while [ $# -gt 0 ]; do
     --out=*) OUT_ARG=${1#--out=} ;;
     --budget) TOTAL=${2:?--budget needs seconds}; shift ;;
     --budget=*) TOTAL=${1#--budget=} ;;
-    -h|--help) sed -n '2,26p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -131,7 +132,8 @@ make_summary() {
   [ -s "$WORK/info.json" ] && info=(--info "$WORK/info.json")
   if [ "$(cat "$WORK/report_ok" 2>/dev/null)" = 1 ] &&
     timeout 30 "$PY" "$ROOT/tools/gpu_report.py" --steps "$WORK/steps.tsv" "${info[@]}" --md "$WORK/summary.md" \
-      --json "$WORK/summary.json" --extra "mode=$MODE" --extra "total_budget_s=$TOTAL" "$OUT/bench.jsonl" \
+      --json "$WORK/summary.json" --extra "mode=$MODE" --extra "total_budget_s=$TOTAL" --extra "elapsed_s=$(elapsed)" \
+      "$OUT/bench.jsonl" \
       >>"$LOGS/summary.log" 2>&1; then
     { printf '# fastbayes GPU check (%s)\n\n' "$MODE"; cat "$WORK/summary.md"; } >"$OUT/summary.md"
     mv -f "$WORK/summary.json" "$OUT/summary.json"
@@ -180,7 +182,8 @@ step_env() {
   free -g 2>/dev/null | head -2
   if command -v nvidia-smi >/dev/null 2>&1; then
     nvidia-smi
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,power.draw,temperature.gpu --format=csv
+    nvidia-smi --format=csv \
+      --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,power.draw,temperature.gpu
   else
     echo "nvidia-smi: not found"
   fi
@@ -232,10 +235,12 @@ EOF
 
 step_build() {
   local t=$SECONDS rc=0
-  echo "MAX_JOBS=$MAX_JOBS TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-} FASTBAYES_BUILD_CUDA=${FASTBAYES_BUILD_CUDA:-1}"
+  echo "MAX_JOBS=$MAX_JOBS TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-}" \
+    "FASTBAYES_BUILD_CUDA=${FASTBAYES_BUILD_CUDA:-1}"
   "$PY" -m pip install -v --no-build-isolation --no-deps -e "$ROOT" || rc=$?
   echo "build: pip exit $rc after $((SECONDS - t)) s"
-  [ $rc -eq 0 ] && check_ext
+  [ "$rc" -eq 0 ] || return "$rc"
+  check_ext
 }
 
 step_build_cpu() {  # fallback: the C++ extension alone, so the Triton GPU path and the CPU backend still run
@@ -263,7 +268,9 @@ step_tests() {
   local req=cpu,triton
   if [ "$MODE" = gpu ]; then
     "$PY" -c "import fastbayes._C as C, sys; sys.exit(0 if C.has_cuda() else 1)" 2>/dev/null && req=cpu,triton,cuda
-    args+=(-v tests)
+    # FASTBAYES_GPU_CHECK_TESTS: other pytest selection arguments (a second window, say), default the whole suite
+    read -r -a sel <<<"${FASTBAYES_GPU_CHECK_TESTS:-tests}"
+    args+=(-v "${sel[@]}")
     if has_module xdist; then
       args+=(-n 8)
       export OMP_NUM_THREADS=2   # 8 workers on 16 cores
@@ -273,7 +280,7 @@ step_tests() {
   else
     args+=(-q tests/test_lognormal.py tests/test_gate_stats.py)
   fi
-  has_module pytest_timeout && args+=(--timeout=150)
+  has_module pytest_timeout && args+=(--timeout=90)   # one hung test must not take the step
   echo "FASTBAYES_REQUIRE_BACKENDS=$req $PY -m pytest ${args[*]}"
   FASTBAYES_REQUIRE_BACKENDS=$req "$PY" -m pytest "${args[@]}"
 }
@@ -317,25 +324,26 @@ export -f step_env step_deps check_ext step_build step_build_cpu step_info has_m
 echo "fastbayes GPU check: mode $MODE, budget $TOTAL s, python $PY, results in $OUT"
 # use the renderer for the summary after every step if it runs here (stdlib only, but it needs a working python)
 timeout 20 "$PY" "$ROOT/tools/gpu_report.py" --json /dev/null /dev/null >/dev/null 2>&1 && echo 1 >"$WORK/report_ok"
-# caps and reserves (s): reserve = the minimum the later steps keep (info 10, tests 60, ops 60, train 40, report 15)
-step env 40 185 step_env
-step deps 45 185 step_deps
+# caps and reserves (s): a step's reserve is the minimum the later steps keep (info 10, tests 60, bench-ops 50,
+# bench-train 40, bench-compile 40, report 10), so a slow build or test suite shortens the later steps, not the run
+step env 40 210 step_env
+step deps 45 210 step_deps
 if [ "$SKIP_BUILD" = 1 ]; then
   skip build "--skip-build"
-  step check-ext 40 185 check_ext
+  step check-ext 40 210 check_ext
 else
-  if ! step build 240 185 step_build && [ "$MODE" = gpu ]; then
-    step build-cpu 120 185 step_build_cpu   # keep going without the CUDA backend
+  if ! step build 200 210 step_build && [ "$MODE" = gpu ]; then
+    step build-cpu 120 210 step_build_cpu   # keep going without the CUDA backend
   fi
 fi
-step info 40 175 step_info
-step tests 200 115 step_tests
-step bench-ops 130 55 step_bench_ops
-step bench-train 130 15 step_bench_train
+step info 40 200 step_info
+step tests 180 140 step_tests
+step bench-ops 130 90 step_bench_ops
+step bench-train 130 50 step_bench_train
 if [ "$QUICK" = 1 ]; then
   skip bench-compile "--quick"
 else
-  step bench-compile 200 15 step_bench_compile
+  step bench-compile 200 10 step_bench_compile
 fi
 TAIL_LINES=200 step report 30 0 step_report
 
