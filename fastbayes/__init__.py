@@ -11,4 +11,14 @@ from .nn import add_gates, kl_loss  # noqa: E402
 
 __version__ = "0.1.0"
 
+# sub-packages that pull optional dependencies or are rarely needed load on first use: fb.dllp, fb.metrics, ...
+_LAZY = ("dllp", "graph", "layers", "metrics", "apps", "models", "data")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'fastbayes' has no attribute {name!r}")
+
 __all__ = ["add_gates", "backends", "bmr", "checkpoint", "distributions", "kl_loss", "nn", "ops", "prune", "reference", "svgd", "__version__"]

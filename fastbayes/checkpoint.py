@@ -10,6 +10,9 @@
 """
 from __future__ import annotations
 
+import copy
+import os
+import zipfile
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -52,6 +55,53 @@ def save(path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
     torch.save(state, path)
 
 
+def _file_kind(path) -> str:
+    """What a file is, read without unpickling anything: "gated", "compact", "torch" (another torch.save file),
+    or a description of what it is not."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"path {os.fspath(path)!r} does not exist or is not a file")
+    if not zipfile.is_zipfile(path):
+        return "not a torch.save file (no zip archive: a text file, a truncated download or a legacy pickle?)"
+    try:
+        with zipfile.ZipFile(path) as z:
+            pkl = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            if pkl is None:
+                return "a zip archive but not a torch.save file (no data.pkl)"
+            data = z.read(pkl)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        return f"a damaged or truncated torch.save file ({type(e).__name__}: {e})"
+    if FORMAT_GATED.encode() in data:
+        return "gated"
+    if FORMAT_COMPACT.encode() in data:
+        return "compact"
+    return "torch"
+
+
+def _describe(kind: str) -> str:
+    return {"gated": "a fastbayes gated checkpoint (read it with fastbayes.checkpoint.load)",
+            "compact": "a fastbayes compact model (read it with fastbayes.checkpoint.load_compact)",
+            "torch": "a torch.save file, but not one written by fastbayes.checkpoint"}.get(kind, kind)
+
+
+def _load_file(path, want: str, **kwargs) -> dict:
+    """torch.load of a file that must be of kind ``want``; one clear ValueError for any other file."""
+    kind = _file_kind(path)
+    loader = "load" if want == "gated" else "load_compact"
+    if kind != want:
+        raise ValueError(f"fastbayes.checkpoint.{loader}: {os.fspath(path)!r} is {_describe(kind)}")
+    try:
+        state = torch.load(path, **kwargs)
+    except Exception as e:   # truncated archive members, unpickling errors
+        raise ValueError(f"fastbayes.checkpoint.{loader}: {os.fspath(path)!r} looks like {_describe(kind)} but "
+                         f"cannot be read ({type(e).__name__}: {e}); it may be damaged or truncated") from e
+    fmt = FORMAT_GATED if want == "gated" else FORMAT_COMPACT
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise ValueError(f"fastbayes.checkpoint.{loader}: {os.fspath(path)!r} is not {_describe(want)}")
+    return state
+
+
 def _remap_optimizer_state(saved: dict, saved_names: list[list[str]], current: list[list[str]]) -> dict:
     """Reorder a saved optimizer state_dict so that it lines up, by parameter name, with the current optimizer."""
     if [sorted(g) for g in saved_names] == [sorted(g) for g in current]:
@@ -73,9 +123,7 @@ def load(path, model_or_factory: nn.Module | Callable[[], nn.Module],
     name, so the order of parameters may differ.  ``weights_only=False`` is needed only if ``extra`` held objects
     other than plain data and tensors.
     """
-    state = torch.load(path, map_location=map_location, weights_only=weights_only)
-    if not isinstance(state, dict) or state.get("format") != FORMAT_GATED:
-        raise ValueError(f"path {path!r} is not a fastbayes gated checkpoint (use load_compact for compact models)")
+    state = _load_file(path, "gated", map_location=map_location, weights_only=weights_only)
     if isinstance(model_or_factory, nn.Module):
         model = model_or_factory
     elif callable(model_or_factory):
@@ -84,25 +132,54 @@ def load(path, model_or_factory: nn.Module | Callable[[], nn.Module],
             raise ValueError(f"model_or_factory returned a {type(model).__name__}, not an nn.Module")
     else:
         raise ValueError("model_or_factory must be an nn.Module or a callable returning one")
+    if optimizer is not None and not (isinstance(optimizer, torch.optim.Optimizer) or callable(optimizer)):
+        raise ValueError(f"optimizer must be an Optimizer or a callable model -> Optimizer, got "
+                         f"{type(optimizer).__name__}")
+    if optimizer is not None and state["optimizer"] is None:
+        raise ValueError("optimizer given, but the checkpoint holds no optimizer state")
+    original = {k: v.detach().clone() for k, v in model.state_dict().items()}
     have = sites(model)
-    if not have:
-        attach_gates(model, state["gates"])
-    else:
+    if have:
         want = sorted((s, int(t)) for e in state["gates"] for s, t in e["sites"])
         if sorted((s, t) for s, (_, t) in have.items()) != want:
             raise ValueError("model_or_factory already has gates at other sites than the checkpoint's; pass a model "
                              "without gates")
-    model.load_state_dict(state["model"], strict=strict)
+    # everything below can fail halfway (a shape mismatch, another optimizer): work on copies, commit at the end
+    work = copy.deepcopy(model)
+    if not have:
+        attach_gates(work, state["gates"])
+    work.load_state_dict(state["model"], strict=strict)
+    saved_opt = None
+    if isinstance(optimizer, torch.optim.Optimizer):
+        saved_opt = copy.deepcopy(optimizer.state_dict())
     opt = None
-    if optimizer is not None:
-        if state["optimizer"] is None:
-            raise ValueError("optimizer given, but the checkpoint holds no optimizer state")
-        opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else optimizer(model)
-        if not isinstance(opt, torch.optim.Optimizer):
-            raise ValueError(f"optimizer must be an Optimizer or return one, got {type(opt).__name__}")
-        opt.load_state_dict(_remap_optimizer_state(state["optimizer"], state["optimizer_params"],
-                                                   _param_names(model, opt)))
+    if not have:
+        attach_gates(model, state["gates"])
+    try:
+        model.load_state_dict(work.state_dict(), strict=True)
+        if optimizer is not None:
+            opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else optimizer(model)
+            if not isinstance(opt, torch.optim.Optimizer):
+                raise ValueError(f"optimizer must be an Optimizer or return one, got {type(opt).__name__}")
+            opt.load_state_dict(_remap_optimizer_state(state["optimizer"], state["optimizer_params"],
+                                                       _param_names(model, opt)))
+    except Exception:
+        _restore(model, have, original)
+        if saved_opt is not None:
+            optimizer.load_state_dict(saved_opt)
+        raise
     return Checkpoint(model, opt, dict(state["extra"]))
+
+
+def _restore(model: nn.Module, had_gates, original: dict) -> None:
+    """Undo a failed ``load``: remove the gates it attached and put the state back."""
+    if not had_gates:
+        from .nn.sites import detach
+        for name, module in list(model.named_modules()):
+            if GATE_ATTR in module._modules:
+                detach(module)
+    with torch.no_grad():
+        model.load_state_dict(original, strict=True)
 
 
 def _check_compact(model: nn.Module, what: str) -> None:
@@ -125,9 +202,7 @@ def load_compact(path, map_location=None) -> nn.Module:
     This unpickles the module with ``torch.load(weights_only=False)``, which can run code named in the file:
     load only files you trust.  The model's classes must be importable (e.g. torchvision for its models).
     """
-    state = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(state, dict) or state.get("format") != FORMAT_COMPACT:
-        raise ValueError(f"path {path!r} is not a fastbayes compact model (use load for gated checkpoints)")
+    state = _load_file(path, "compact", map_location=map_location, weights_only=False)
     return state["module"]
 
 

@@ -178,9 +178,10 @@ def test_coupled_gates_share_one_gate_per_group():
     assert report.total == sum(gate.num_features for gate in gates.values())
 
 
-def test_coupled_without_example_inputs_is_per_layer_and_bad_arguments():
+def test_default_is_traced_explicit_placement_is_per_layer_and_bad_arguments():
+    assert list(fb.add_gates(ConvBN())) == ["bn"]          # traced on an inferred input: the gate sits after BN
     m = ConvBN()
-    assert list(fb.add_gates(m)) == ["conv"]
+    assert list(fb.add_gates(m, placement="output")) == ["conv"]
     x = torch.randn(1, 3, 8, 8)
     with pytest.raises(ValueError, match="placement"):
         fb.add_gates(ConvBN(), example_inputs=x, placement="output")
@@ -343,7 +344,7 @@ def test_per_layer_gates_compact_exactly():
     assert_nothing_lost(m, small, x)
     assert n_params(small) < 0.7 * n_params(m)
     m = ConvBN()
-    fb.add_gates(m)                                                  # before BN: a pruned channel is not 0 after BN
+    fb.add_gates(m, placement="output")                              # before BN: a pruned channel is not 0 after BN
     _, small = masked_and_compact(m, x)
     assert_nothing_lost(m, small, x)
     assert small.conv.out_channels == 8
@@ -413,7 +414,7 @@ def test_gated_checkpoint_round_trip_with_adam(tmp_path):
     assert all(torch.equal(sd[k], sd2[k]) for k in sd)
 
     gated_again = TinyRes()
-    fb.add_gates(gated_again)                                        # per-layer gates: not the saved placement
+    fb.add_gates(gated_again, placement="output")                    # per-layer gates: not the saved placement
     with pytest.raises(ValueError, match="other sites"):
         checkpoint.load(path, gated_again)
     with pytest.raises(ValueError, match="compact"):

@@ -23,20 +23,93 @@ Gating after a ReLU is the same as gating before it, since θ > 0 and ReLU(θz) 
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
+import math
+import numbers
 import warnings
 from typing import Callable, Iterable
 
+import torch
 from torch import nn
 
-from ..graph import channel_groups
-from ..layers import units
+from ..graph import as_args, channel_groups
+from ..layers import CONV, units
 from .bernoulli import BernoulliGate
 from .gates import LogNormalGate
 from .sites import GATE_ATTR, attach, device_of, following_bn, gates, select_layers, sites, trace
 
 KINDS = {"lognormal": LogNormalGate, "bernoulli": BernoulliGate}
+
+
+def _check_kl_weight(kl_weight) -> None:
+    def ok(w):
+        return isinstance(w, numbers.Real) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+    if isinstance(kl_weight, dict):
+        bad = {k: w for k, w in kl_weight.items() if not isinstance(k, str) or not ok(w)}
+        if bad:
+            raise ValueError(f"kl_weight must map layer names to finite non-negative numbers, got {bad}")
+    elif not callable(kl_weight) and not ok(kl_weight):
+        raise ValueError(f"kl_weight must be a finite non-negative number, a {{layer name: weight}} dict or a "
+                         f"callable, got {kl_weight!r}")
+
+
+def _check_gate_options(cls, options: dict) -> None:
+    """Unknown option names fail here, before any gate exists (a typo would otherwise surface as a TypeError of
+    the constructor after some layers were gated)."""
+    params = inspect.signature(cls.__init__).parameters
+    allowed = [p for p in params if p not in ("self", "num_features", "dim", "kl_weight")]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown} for {cls.__name__}; it takes {allowed}")
+
+
+def _default_inputs(model: nn.Module) -> list:
+    """Candidate inputs for a model given without example_inputs: a batch of 2 shaped for its first layer."""
+    first = next((m for m in model.modules() if isinstance(m, (nn.Linear, CONV))), None)
+    if first is None:
+        return []
+    ref = next(first.parameters(), None)
+    kw = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+    if isinstance(first, nn.Linear):
+        return [torch.zeros(2, first.in_features, **kw)]
+    spatial = first.weight.dim() - 2
+    c = first.in_channels
+    return [torch.zeros(2, c, *([s] * spatial), **kw) for s in ((32, 28, 64, 224) if spatial <= 2 else (16, 32))]
+
+
+def _default_trace(model: nn.Module):
+    """Torch-Pruning's graph of ``model`` traced on the first inferred input it accepts, or None."""
+    for x in _default_inputs(model):
+        try:
+            with torch.no_grad(), _quiet():
+                traceable_ok = _forward_ok(model, x)
+            if traceable_ok:
+                return trace(model, x)
+        except RuntimeError:
+            continue
+    return None
+
+
+def _forward_ok(model: nn.Module, x) -> bool:
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()      # a plain forward first: cheap, and it leaves BatchNorm statistics alone
+        model(x)
+        return True
+    except Exception:
+        return False
+    finally:
+        for m, t in modes:
+            m.training = t
+
+
+@contextlib.contextmanager
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _kl_weight_for(kl_weight, names: list[str]) -> float:
@@ -71,20 +144,40 @@ def add_gates(model: nn.Module, kind: str = "lognormal", *, layers: Iterable[str
 
     Calling it again returns the existing gates and adds none (idempotent).
     """
-    if kind not in KINDS:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(kind, str) or kind not in KINDS:
         raise ValueError(f"kind must be one of {tuple(KINDS)}, got {kind!r}")
     if placement not in (None, "output", "bn"):
         raise ValueError(f"placement must be 'output' or 'bn', got {placement!r}")
+    if not isinstance(coupled, bool):
+        raise TypeError(f"coupled must be True or False, got {coupled!r}")
+    _check_kl_weight(kl_weight)
+    if example_inputs is not None:
+        as_args(example_inputs)
     cls = KINDS[kind]
     modules, names, excluded = select_layers(model, layers, exclude)
-    if coupled and example_inputs is not None:
+    _check_gate_options(cls, gate_options)
+    dg = None
+    if coupled and kind == "lognormal" and placement is None and example_inputs is None:
+        dg = _default_trace(model)           # gates that compact() can remove, without asking for inputs
+        if dg is None:
+            placement = "bn"
+            warnings.warn(f"add_gates could not trace {type(model).__name__} on an input inferred from its first "
+                          "layer, so gates are placed per layer (after BatchNorm where one follows); channels that a "
+                          "residual sum or a depthwise/grouped convolution ties together may then not be removable "
+                          "by compact(): pass example_inputs= (an input the model accepts) to gate each coupled "
+                          "group once", stacklevel=2)
+    if coupled and (example_inputs is not None or dg is not None):
         if kind != "lognormal":
             raise ValueError(f"kind={kind!r} gates are placed per layer (their prior needs the one layer that feeds "
                              "each unit): call add_gates without example_inputs, or with coupled=False")
         if placement == "output":
             raise ValueError("placement='output' puts gates before BatchNorm, where a pruned channel is not 0 and "
                              "cannot be removed; coupled gates sit after BatchNorm (use coupled=False for 'output')")
-        return _add_coupled(model, cls, names, layers is None, excluded, kl_weight, example_inputs, gate_options)
+        if dg is None:
+            dg = trace(model, example_inputs)
+        return _add_coupled(model, cls, names, layers is None, excluded, kl_weight, dg, gate_options)
     placement = placement or "output"
     existing = {n: g for n, (g, _) in sites(model).items()}     # a module never gets a second gate
     plan, out = [], {}
@@ -112,12 +205,12 @@ def add_gates(model: nn.Module, kind: str = "lognormal", *, layers: Iterable[str
     return out
 
 
-def _add_coupled(model, cls, names, by_default, excluded, kl_weight, example_inputs, gate_options):
+def _add_coupled(model, cls, names, by_default, excluded, kl_weight, dg, gate_options):
     modules = dict(model.named_modules())
     listed = set(names)
     existing = sites(model)
     out, skipped, plan = {}, [], []
-    for g in channel_groups(model, dg=trace(model, example_inputs)):
+    for g in channel_groups(model, dg=dg):
         if by_default:
             wanted = bool(g.producers) and all(p in listed for p in g.producers)
         else:

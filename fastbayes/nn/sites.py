@@ -99,23 +99,40 @@ def device_of(module: nn.Module):
 
 
 def select_layers(model: nn.Module, layers, exclude) -> tuple[dict[str, nn.Module], list[str], set[str]]:
-    """(named modules, the layer names to gate, the excluded names) for ``add_gates`` and ``bernoulli.attach``:
-    ``layers`` None (``default_layers``), a predicate ``(name, module) -> bool`` over Linear/Conv layers, or names."""
+    """(named modules, the layer names to gate, the excluded names) for ``add_gates``: ``layers`` None
+    (``default_layers``), a predicate ``(name, module) -> bool`` over Linear/Conv layers, or a list of names of
+    Linear/Conv layers.  Every name is checked before anything is gated."""
     modules = dict(model.named_modules())
     if layers is None:
         names = default_layers(model)
     elif callable(layers):
         names = [n for n, m in modules.items() if isinstance(m, (nn.Linear, CONV)) and layers(n, m)]
     else:
-        names = list(layers)
+        names = _names("layers", layers)
         missing = [n for n in names if n not in modules]
         if missing:
             raise ValueError(f"layers names not found in the model: {missing}")
-    excluded = set(exclude)
+        wrong = {n: type(modules[n]).__name__ for n in names if not isinstance(modules[n], (nn.Linear, CONV))}
+        if wrong:
+            raise ValueError(f"layers must name Linear or Conv modules (gates go on their output units), got {wrong}")
+    excluded = set(_names("exclude", exclude))
     unknown = excluded - set(modules)
     if unknown:
         raise ValueError(f"exclude names not found in the model: {sorted(unknown)}")
     return modules, names, excluded
+
+
+def _names(arg: str, value) -> list[str]:
+    if isinstance(value, str):       # a bare string would be read as its characters
+        raise TypeError(f"{arg} must be a list of module names, got the string {value!r} (use [{value!r}])")
+    try:
+        names = list(value)
+    except TypeError:
+        raise TypeError(f"{arg} must be a list of module names, got {type(value).__name__}") from None
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise TypeError(f"{arg} must hold module names (strings), got {bad}")
+    return names
 
 
 @contextlib.contextmanager
@@ -126,6 +143,7 @@ def traceable(model: nn.Module):
     flags = [(p, p.requires_grad) for p in model.parameters()]
     modes = [(m, m.training) for m in model.modules()]
     try:
+        model.eval()      # tracing runs a forward: in train mode it would move BatchNorm's running statistics
         for m in hosts:
             for key in [k for k, h in m._forward_hooks.items() if hook_tiles(h) is not None]:
                 del m._forward_hooks[key]
