@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 import fastbayes as fb
-from fastbayes import data
-from fastbayes.models import build
+from fastbayes.apps import data
+from fastbayes.apps.models import build
 from fastbayes.prune import PruneSchedule, compact, count_params
 
 RECIPES = {  # BMRS App. C, Fashion-MNIST

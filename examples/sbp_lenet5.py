@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 import fastbayes as fb
-from fastbayes import data
-from fastbayes.demo import accuracy
-from fastbayes.models import build
+from fastbayes.apps import data
+from fastbayes.apps.demo import accuracy
+from fastbayes.apps.models import build
 from fastbayes.prune import compact, measure, update_masks
 
 
