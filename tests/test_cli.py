@@ -135,9 +135,8 @@ def test_demo_bad_arguments(tmp_path):
 
 def test_demo_delta_f_choice_reaches_the_criterion(tmp_path):
     """--delta-f code (default) must prune with the released code's ΔF_N, --delta-f paper with the exact one."""
-    common = ["demo", "--dataset", "digits", "--model", "mlp-16", "--epochs", "1", "--finetune", "0", "--max-train", "200",
-              "--no-plots",
-              "--no-dense"]
+    common = ["demo", "--dataset", "digits", "--model", "mlp-16", "--epochs", "1", "--finetune", "0",
+              "--max-train", "200", "--no-plots", "--no-dense"]
     assert main(common + ["--out", str(tmp_path / "c")]) == 0
     assert main(common + ["--delta-f", "paper", "--out", str(tmp_path / "p")]) == 0
     code = json.loads((tmp_path / "c" / "report.json").read_text())

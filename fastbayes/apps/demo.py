@@ -255,7 +255,8 @@ def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None 
     baseline = (f"{model_name} without gates, trained in this run: same data, seed, initial weights, {epochs} "
                 f"epoch(s), batch {batch_size}, Adam lr {lr:g}")
     rep = {
-        "kl_weighting": kl, "gate_lr": lr * gate_lr_factor, "criterion_options": options, "method": method, "dataset": dataset, "model": model_name, "epochs": epochs, "finetune_epochs": finetune,
+        "kl_weighting": kl, "gate_lr": lr * gate_lr_factor, "criterion_options": options, "method": method,
+        "dataset": dataset, "model": model_name, "epochs": epochs, "finetune_epochs": finetune,
         "seed": seed, "granularity": granularity, "criterion": final.rule,
         "test_accuracy_before": acc_before, "test_accuracy_masked": acc_masked, "test_accuracy_after": acc_after,
         "params_before": m_before["params"], "params_after": m_after["params"],
