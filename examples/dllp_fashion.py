@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import shlex
 import sys
 import time
@@ -159,7 +160,8 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     if args.bmrs_epochs is None:
         args.bmrs_epochs = args.epochs + args.svgd_epochs
-    command = shlex.join([sys.executable, *(sys.argv if argv is None else [sys.argv[0], *argv])])
+    exe = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else "python"   # no machine paths
+    command = shlex.join([exe, *(sys.argv if argv is None else [sys.argv[0], *argv])])
     print(f"command: {command}", flush=True)
 
     t0 = time.perf_counter()
