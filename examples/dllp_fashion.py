@@ -1,5 +1,5 @@
 """SVGD particle pruning after DLLP on Fashion-MNIST: LeNet5 trained plainly, then a particle ensemble with the
-spike-and-slab prior (fastbayes.dllp, METHODS.md §4.2 — our own design, DLLP's abstract only).
+spike-and-slab prior (fastbayes.dllp, docs/METHODS.md §4.2 — our own design, DLLP's abstract only).
 
 Writes one JSON with the sparsity, accuracy and reliability (ECE, NLL, Brier, predictive entropy, mutual information,
 accuracy mean/std/95 % interval across particles) of

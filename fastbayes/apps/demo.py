@@ -379,7 +379,7 @@ def _plots(rep: dict, final, out: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# method "dllp": SVGD particle pruning with a reliability report (fastbayes.dllp, METHODS.md §4)
+# method "dllp": SVGD particle pruning with a reliability report (fastbayes.dllp, docs/METHODS.md §4)
 
 def _run_dllp(model_name, dataset, epochs, seed, out, batch_size, lr, max_train, plots, quiet, n_particles,
               svgd_epochs) -> dict:
@@ -522,7 +522,8 @@ def _plots_dllp(rep: dict, mean_r: dict, out: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# method "bernoulli": Bernoulli unit gates pruned physically while training (fastbayes.prune.Shrinker, METHODS.md §3)
+# method "bernoulli": Bernoulli unit gates pruned physically while training (fastbayes.prune.Shrinker,
+# docs/METHODS.md §3)
 
 # θ init 1 and σ0 = 0.1·σ1 (BernoulliGate's defaults): every unit starts in the slab, so only the slab's L2 acts on the
 # weights; a unit leaves only once its incoming weights decay to RMS ≲ 2.2·σ0, where c1 − c0 turns positive, and the
