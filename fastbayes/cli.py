@@ -152,7 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     pd.add_argument("--svgd-epochs", type=_int_at_least(1), default=2,
                     help="dllp: SVGD epochs after the --epochs plain ones")
     pd.add_argument("--no-dense", action="store_true",
-                    help="skip the dense baseline (faster; then no speed-up is claimed)")
+                    help="skip the dense baseline (faster; then no speed-up is claimed). dllp: its plain phase "
+                         "is the baseline and is always reported")
     pd.add_argument("--no-plots", action="store_true")
     pb = sub.add_parser("bench", help="run the benchmark suites and print the summary table")
     pb.add_argument("-k", default=None, help="pytest -k expression to select benchmarks")

@@ -153,27 +153,22 @@ def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None 
         lr: float = 1e-3, max_train: int | None = None, plots: bool = True, quiet: bool = False, *,
         n_particles: int = 8, svgd_epochs: int = 2, kl: str = "mean", gate_lr_factor: float = 10.0,
         delta_f: str = "code", dense: bool = True) -> dict:
-    """Run the demo; returns the report dict (also written to ``out/report.json``).
+    """Train, prune, compact and measure; returns the report dict, also written to ``out/report.json``.
 
-    ``finetune`` (last epochs with the masks frozen) defaults to ``min(1, epochs - 1)``.  ``dense=True`` also trains
-    the same architecture without gates (same data, seed, initial weights, epochs, batch size and lr) and reports it
-    under ``dense_*``; ``speedup`` is its latency over the compact model's.  ``dense=False`` skips it (``speedup``
-    None: no speed-up is claimed).
+    * ``method``: "sbp", "bmrs_n", "bmrs_u" (gated training, masks recomputed every epoch, the last ``finetune``
+      epochs with the masks frozen; default ``min(1, epochs - 1)``), "bernoulli" or "dllp" (``epochs`` plain epochs,
+      then ``svgd_epochs`` of SVGD with ``n_particles``; ``finetune`` unused).
+    * ``dense=True`` also trains the same architecture without gates (same data, seed, initial weights, epochs, batch
+      size, lr): the ``dense_*`` keys, and ``speedup`` = its latency / the compact model's.  ``dense=False``: those
+      keys and ``speedup`` are None (no speed-up is claimed).
+    * ``kl``: "mean" (the BMRS code's weighting, prunes within a demo's few epochs) or "elbo" (KL/N);
+      docs/METHODS.md §2.1.
+    * ``gate_lr_factor``: lr multiplier of the gates' μ and log σ, 10 by default so that log σ moves in ~2 epochs
+      instead of ~15 (docs/METHODS.md §1.4).
+    * ``delta_f``: ΔF_N of "bmrs_n", "code" (the released code's, +½·log 2π; prunes) or "paper" (exact);
+      docs/METHODS.md §2.3.
 
-    ``kl`` weights the gates' KL: "mean" (default) is the released BMRS code's mean-CE + mean-KL, which prunes within
-    the few epochs a demo has; "elbo" is the per-example ELBO, mean-CE + KL/N (SBP's scaling), which prunes far more
-    slowly from a random start (SBP starts from a pretrained network).
-
-    ``gate_lr_factor`` multiplies the learning rate of the gates' μ and log σ (SBP's VGG recipe uses 10×): Adam moves
-    a parameter by about its lr per step, and log σ must travel from -5 to about +3 before a unit is judged, so with
-    the weights' lr that takes ~15 epochs (docs/RESULTS.md §1) and with 10× about 2.
-
-    ``delta_f`` picks the ΔF_N of ``method="bmrs_n"``: "code" (default) is the released BMRS code's, which lacks the
-    2π inside the log and so adds ½·log 2π = 0.919 to ΔF (a prior odds for pruning); "paper" is the exact formula,
-    under which a unit whose posterior has relaxed to the prior sits at ΔF → 0⁻ and is kept (docs/RESULTS.md §1).
-
-    ``method="dllp"`` trains the plain network for ``epochs`` epochs, then runs SVGD particle pruning
-    (``fastbayes.dllp``) with ``n_particles`` particles for ``svgd_epochs`` epochs; ``finetune`` is unused."""
+    Raises ValueError naming the argument for bad values."""
     if method == "bernoulli":
         return _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_train, plots, quiet, dense)
     if method == "dllp":
@@ -525,14 +520,9 @@ def _plots_dllp(rep: dict, mean_r: dict, out: Path) -> None:
 # method "bernoulli": Bernoulli unit gates pruned physically while training (fastbayes.prune.Shrinker,
 # docs/METHODS.md §3)
 
-# θ init 1 and σ0 = 0.1·σ1 (BernoulliGate's defaults): every unit starts in the slab, so only the slab's L2 acts on the
-# weights; a unit leaves only once its incoming weights decay to RMS ≲ 2.2·σ0, where c1 − c0 turns positive, and the
-# spike's decay (1 − θ)/σ0² then takes it to θ = 0 (docs/RESULTS.md §2).  θ is trained by projected plain SGD with an
-# absolute lr THETA_LR (Adam moves every θ by about its lr per step whatever the gradient, so all θ fell together);
-# the Shrinker does not freeze θ = 1 (freeze=False) so a unit at 1 can still leave.  Prior weighted 1/N with N the
-# training set: use the full 48k split (at N = 10 000 the slab L2 alone costs ~4 points of accuracy, RESULTS §2).
-# After the last epoch, up to SETTLE_STEPS θ-only steps (weights fixed) finish the units still in transit, with the
-# exact two-pass data gradient for those few units (the objective is then affine in each θ: it ends at 0 or 1).
+# The design and why each setting (docs/METHODS.md §3.2; measured in docs/RESULTS.md §2): θ init 1, σ0 = 0.1·σ1,
+# projected plain SGD on θ with an absolute lr (Adam moved every θ together), no freezing at θ = 1, prior weighted
+# 1/N (use the full training split), and a settle phase with the exact θ gradient so every gate ends at 0 or 1.
 BERNOULLI_OPTIONS = {"init_theta": 1.0, "sigma0_ratio": 0.1}
 THETA_LR = 3.0
 SETTLE_STEPS = 200
