@@ -27,7 +27,7 @@ from torch import nn
 import fastbayes as fb
 from fastbayes._compat import import_torchvision
 from fastbayes.benchtools import interleaved
-from fastbayes.models import LeNet5BMRS
+from fastbayes.apps.models import LeNet5BMRS
 from models import LeNet5
 
 A, B = -20.0, 0.0

@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fastbayes.demo import _prepare, accuracy, run
-from fastbayes.models import build
+from fastbayes.apps.demo import _prepare, accuracy, run
+from fastbayes.apps.models import build
 
 
 def train_dense(model_name, seed, epochs, out, batch_size=128, lr=1e-3, max_train=None) -> dict:
@@ -127,7 +127,7 @@ def main(argv=None):
         d = out / f"{model}-s{seed}"
         if not a.no_bernoulli:
             run("bernoulli", model, None, a.epochs, 0, seed, d, batch_size=a.batch_size, lr=a.lr,
-                max_train=a.max_train or None, plots=seed == a.seeds[0], quiet=True)
+                max_train=a.max_train or None, plots=seed == a.seeds[0], quiet=True, dense=False)  # own --dense
         if (d / "report.json").exists():
             r = bernoulli_row(json.loads((d / "report.json").read_text()))
             if r["epochs"] != a.epochs:

@@ -1,5 +1,5 @@
 """SVGD particle pruning after DLLP on Fashion-MNIST: LeNet5 trained plainly, then a particle ensemble with the
-spike-and-slab prior (fastbayes.dllp, METHODS.md §4.2 — our own design, DLLP's abstract only).
+spike-and-slab prior (fastbayes.dllp, docs/METHODS.md §4.2 — our own design, DLLP's abstract only).
 
 Writes one JSON with the sparsity, accuracy and reliability (ECE, NLL, Brier, predictive entropy, mutual information,
 accuracy mean/std/95 % interval across particles) of
@@ -9,7 +9,7 @@ accuracy mean/std/95 % interval across particles) of
 * the hard-pruned point estimate: magnitude pruning (L2 of incoming weights) of the plain network at the same
   per-layer sparsity; also the same after training the plain network for ``--svgd-epochs`` more epochs (a point
   estimate with as many passes over the data as plain + SVGD), and
-* BMRS_N (fastbayes's gated training with the BMRS_N criterion, released-code ΔF, as ``fastbayes.demo``) trained from
+* BMRS_N (fastbayes's gated training with the BMRS_N criterion, released-code ΔF, as ``fastbayes.apps.demo``) trained from
   scratch for the same number of passes over the data as the plain + SVGD phases (``--bmrs-epochs``, 0 skips it),
 
 plus a reliability diagram of all four.  The particles start from the trained network with a jitter of 0.1 × each
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import shlex
 import sys
 import time
@@ -34,8 +35,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fastbayes import add_gates, data, dllp, kl_loss
-from fastbayes.models import build
+from fastbayes import add_gates, dllp, kl_loss
+from fastbayes.apps import data
+from fastbayes.apps.models import build
 from fastbayes.prune import PruneSchedule, compact
 from fastbayes.prune.measure import count_params
 
@@ -73,10 +75,10 @@ def _auroc(score, positive) -> float:
 
 
 def train_bmrs_n(args, train, val, test) -> dict:
-    """BMRS_N from scratch as ``fastbayes.demo.run("bmrs_n", ...)`` does it (per-weight multiplicative noise gates,
+    """BMRS_N from scratch as ``fastbayes.apps.demo.run("bmrs_n", ...)`` does it (per-weight multiplicative noise gates,
     mean CE + mean KL, gate lr ×10, masks recomputed every epoch with the released code's ΔF, the last
     ``--bmrs-finetune`` epochs with frozen masks), then compacted.  Returns its sparsity and reliability."""
-    from fastbayes.demo import METHODS
+    from fastbayes.apps.demo import METHODS
     torch.manual_seed(args.seed)
     criterion, options, granularity = METHODS["bmrs_n"]
     model = build(args.model, tuple(train.x.shape[1:]))
@@ -158,7 +160,8 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     if args.bmrs_epochs is None:
         args.bmrs_epochs = args.epochs + args.svgd_epochs
-    command = shlex.join([sys.executable, *(sys.argv if argv is None else [sys.argv[0], *argv])])
+    exe = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else "python"   # no machine paths
+    command = shlex.join([exe, *(sys.argv if argv is None else [sys.argv[0], *argv])])
     print(f"command: {command}", flush=True)
 
     t0 = time.perf_counter()

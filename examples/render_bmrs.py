@@ -4,7 +4,7 @@ import statistics
 import sys
 from pathlib import Path
 
-# BMRS Table 1, Fashion-MNIST columns (ANCHORS.md §2.1): (Comp. %, Acc. %), mean ± std over 10 seeds
+# BMRS Table 1, Fashion-MNIST columns (as quoted in docs/RESULTS.md §1.1): (Comp. %, Acc. %), mean ± std over 10 seeds
 PAPER = {
     ("mlp", "none"): ("0.00 ± 0.00", "88.17 ± 0.20"), ("mlp", "snr"): ("99.83 ± 0.00", "10.00 ± 0.00"),
     ("mlp", "bmrs_n"): ("93.20 ± 0.66", "84.99 ± 0.35"), ("mlp", "bmrs_u8"): ("93.02 ± 0.81", "85.01 ± 0.32"),

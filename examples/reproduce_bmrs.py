@@ -1,9 +1,10 @@
 """BMRS Table 1 protocol on Fashion-MNIST (MLP 1×150 and Lenet5), one run per (model, method, seed).
 
-Protocol (METHODS.md §2.5, ANCHORS.md §2.1): Adam, no weight decay, 80/20 train/validation split of the official
-training set, noise per element (BMRS's code), loss = mean CE + mean KL (the released code's weighting), masks
-recomputed after every epoch, then fine-tuning with masks frozen; accuracy on the official test set and "Comp. %" =
-% of trainable parameters removed, measured on the compacted model.  Writes one JSON per run.
+Protocol (docs/METHODS.md §2.5; the paper's numbers are in docs/RESULTS.md §1.1): Adam, no weight decay, 80/20
+train/validation split of the official training set, noise per element (BMRS's code), loss = mean CE + mean KL (the
+released code's weighting), masks recomputed after every epoch, then fine-tuning with masks frozen; accuracy on the
+official test set and "Comp. %" = % of trainable parameters removed, measured on the compacted model.  Writes one
+JSON per run.
 
     python examples/reproduce_bmrs.py --model mlp --method bmrs_n --seed 0 --epochs 50 --finetune 10
 """
@@ -18,15 +19,15 @@ import torch
 import torch.nn.functional as F
 
 import fastbayes as fb
-from fastbayes import data
-from fastbayes.models import build
+from fastbayes.apps import data
+from fastbayes.apps.models import build
 from fastbayes.prune import PruneSchedule, compact, count_params
 
 RECIPES = {  # BMRS App. C, Fashion-MNIST
     "mlp": dict(batch_size=128, lr=1.5e-3),
     "lenet5-bmrs": dict(batch_size=32, lr=1.4e-3),
 }
-# bmrs_n_code: the released code's ΔF_N, which lacks the 2π inside the log (+0.919, METHODS.md §2.3)
+# bmrs_n_code: the released code's ΔF_N, which lacks the 2π inside the log (+0.919, docs/METHODS.md §2.3)
 METHODS = {"none": None, "snr": ("snr", {}), "bmrs_n": ("bmrs_n", {}), "bmrs_n_code": ("bmrs_n", {"code_offset": True}),
            "bmrs_u8": ("bmrs_u", {"p1": 8}), "bmrs_u4": ("bmrs_u", {"p1": 4})}
 

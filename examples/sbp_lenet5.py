@@ -1,6 +1,6 @@
 """SBP's LeNet5-Caffe recipe (pretrain, then SBP) on Fashion-MNIST, set against the SBP README's MNIST row.
 
-SBP (METHODS.md §1.4): pretrain LeNet5-Caffe (conv20-conv50-fc500-fc10, VALID padding) with Adam(β1 = 0.95), lr 1e-3,
+SBP (docs/METHODS.md §1.4): pretrain LeNet5-Caffe (conv20-conv50-fc500-fc10, VALID padding) with Adam(β1 = 0.95), lr 1e-3,
 batch 128; then add per-batch log-normal noise (one θ per unit per step), train the negative ELBO (mean CE + KL/N,
 no warm-up, KL weight 1) with the lr decaying linearly to 0 over the second half, and prune units with SNR ≤ 1.
 SBP trains 200 + 200 epochs; on our 2-core CPU we run ``--pretrain`` + ``--sbp`` epochs (defaults 10 + 20) and give
@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 import fastbayes as fb
-from fastbayes import data
-from fastbayes.demo import accuracy
-from fastbayes.models import build
+from fastbayes.apps import data
+from fastbayes.apps.demo import accuracy
+from fastbayes.apps.models import build
 from fastbayes.prune import compact, measure, update_masks
 
 

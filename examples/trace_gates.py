@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import fastbayes as fb
-from fastbayes import data
-from fastbayes.models import build
+from fastbayes.apps import data
+from fastbayes.apps.models import build
 from fastbayes.prune import update_masks
 
 Q = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0], dtype=torch.float64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -13,10 +14,13 @@ from pathlib import Path
 
 
 def info() -> dict:
+    """Versions, backends, why the others are unavailable and each backend's ops; never raises for a bad
+    ``FASTBAYES_BACKEND`` (``backend_error`` says what is wrong with it instead)."""
     import torch
 
     import fastbayes as fb
 
+    env = os.environ.get("FASTBAYES_BACKEND") or None
     d = {
         "fastbayes": fb.__version__,
         "python": platform.python_version(),
@@ -28,7 +32,9 @@ def info() -> dict:
         "omp_threads": torch.get_num_threads(),
         "backends": fb.backends.available(),
         "why_not": fb.backends.why_not(),
-        "default_backend": {"cpu": fb.backends.default("cpu")},
+        "forced_backend": env,
+        "backend_error": None,
+        "default_backend": {},
         "ops": {name: sorted(fb.backends.ops_of(name)) for name in fb.backends.NAMES},
     }
     try:
@@ -41,8 +47,17 @@ def info() -> dict:
         d["omp_threads"] = int(_C.omp_max_threads())
     except Exception:
         pass
-    if torch.cuda.is_available():
-        d["default_backend"]["cuda"] = fb.backends.default("cuda")
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for dev in devices:
+        try:
+            d["default_backend"][dev] = fb.backends.default(dev)
+        except (ValueError, RuntimeError) as e:     # an unknown or unusable FASTBAYES_BACKEND: report it
+            d["default_backend"][dev] = None
+            if env is not None and env not in fb.backends.NAMES:
+                d["backend_error"] = (f"FASTBAYES_BACKEND={env!r} is not a known backend (valid: "
+                                      f"{', '.join(fb.backends.NAMES)}); every op call will fail until it is fixed")
+            else:
+                d["backend_error"] = f"FASTBAYES_BACKEND={env!r}: {e}"
     return d
 
 
@@ -56,7 +71,11 @@ def _print_info(d: dict) -> None:
         print(f"  {name:<10} {'available' if ok else 'unavailable: ' + d['why_not'][name]}")
         if ok:
             print(f"  {'':<10} ops: {', '.join(d['ops'][name]) or 'none'}")
-    print("default: " + ", ".join(f"{dev} tensors -> {b}" for dev, b in d["default_backend"].items()))
+    if d["forced_backend"]:
+        print(f"forced by FASTBAYES_BACKEND: {d['forced_backend']}")
+    if d["backend_error"]:
+        print(f"error: {d['backend_error']}")
+    print("default: " + ", ".join(f"{dev} tensors -> {b or 'none'}" for dev, b in d["default_backend"].items()))
 
 
 def bench(args) -> int:
@@ -80,48 +99,101 @@ def bench(args) -> int:
     return rc
 
 
-def main(argv=None) -> int:
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        return v
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return v
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastbayes", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     pi = sub.add_parser("info", help="versions, backends and why the others are unavailable")
     pi.add_argument("--json", action="store_true", help="print JSON")
-    pd = sub.add_parser("demo", help="train with gates, prune, compact, measure; writes DIR/report.json and plots")
+    pd = sub.add_parser("demo", help="train with gates and a dense baseline, prune, compact, measure; writes "
+                                     "DIR/report.json and plots")
     pd.add_argument("--method", default="bmrs_n", choices=["sbp", "bmrs_n", "bmrs_u", "dllp", "bernoulli"])
-    pd.add_argument("--model", default="lenet5", help="lenet5, mlp (784-150-10) or mlp-H1-H2...")
+    pd.add_argument("--model", default="lenet5", help="lenet5, lenet5-bmrs, mlp (784-150-10) or mlp-H1-H2...")
     pd.add_argument("--dataset", default=None, choices=["fashion-mnist", "digits"],
                     help="default: fashion-mnist if installed, else digits")
-    pd.add_argument("--epochs", type=int, default=6)
-    pd.add_argument("--finetune", type=int, default=1, help="last epochs trained with the masks frozen")
+    pd.add_argument("--epochs", type=_int_at_least(1), default=6)
+    pd.add_argument("--finetune", type=_int_at_least(0), default=None,
+                    help="last epochs trained with the masks frozen (default: 1, or 0 with --epochs 1)")
     pd.add_argument("--kl", default="mean", choices=["mean", "elbo"],
                     help="KL weighting: BMRS code's mean KL (default) or the per-example ELBO, KL/N")
-    pd.add_argument("--gate-lr-factor", type=float, default=10.0,
+    pd.add_argument("--gate-lr-factor", type=_positive_float, default=10.0,
                     help="lr multiplier for the gates' mu and log sigma (default 10, as SBP's VGG recipe)")
     pd.add_argument("--delta-f", default="code", choices=["code", "paper"],
                     help="bmrs_n: the released BMRS code's Delta F (default; +0.919) or the paper's exact formula")
-    pd.add_argument("--seed", type=int, default=0)
-    pd.add_argument("--batch-size", type=int, default=128)
-    pd.add_argument("--lr", type=float, default=1e-3)
-    pd.add_argument("--max-train", type=int, default=None, help="use only the first N training examples")
+    pd.add_argument("--seed", type=_int_at_least(0), default=0)
+    pd.add_argument("--batch-size", type=_int_at_least(1), default=128)
+    pd.add_argument("--lr", type=_positive_float, default=1e-3)
+    pd.add_argument("--max-train", type=_int_at_least(1), default=None,
+                    help="use only the first N training examples")
     pd.add_argument("--out", default="fastbayes-demo")
-    pd.add_argument("--particles", type=int, default=8, help="dllp: number of SVGD particles")
-    pd.add_argument("--svgd-epochs", type=int, default=2, help="dllp: SVGD epochs after the --epochs plain ones")
+    pd.add_argument("--particles", type=_int_at_least(2), default=8, help="dllp: number of SVGD particles")
+    pd.add_argument("--svgd-epochs", type=_int_at_least(1), default=2,
+                    help="dllp: SVGD epochs after the --epochs plain ones")
+    pd.add_argument("--no-dense", action="store_true",
+                    help="skip the dense baseline (faster; then no speed-up is claimed). dllp: its plain phase "
+                         "is the baseline and is always reported")
     pd.add_argument("--no-plots", action="store_true")
     pb = sub.add_parser("bench", help="run the benchmark suites and print the summary table")
     pb.add_argument("-k", default=None, help="pytest -k expression to select benchmarks")
     pb.add_argument("--json", default=None, help="where to write pytest-benchmark's JSON")
+    p.set_defaults(demo_parser=pd)      # for the cross-option checks' usage errors
+    return p
+
+
+def main(argv=None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
     if args.cmd == "info":
         d = info()
         print(json.dumps(d, indent=2)) if args.json else _print_info(d)
-        return 0
+        return 1 if d["backend_error"] else 0
     if args.cmd == "demo":
-        from .demo import run
-        run(args.method, args.model, args.dataset, args.epochs, args.finetune, args.seed, args.out, args.batch_size,
+        demo_parser = args.demo_parser
+        finetune = min(1, args.epochs - 1) if args.finetune is None else args.finetune
+        if finetune >= args.epochs:
+            demo_parser.error(f"argument --finetune: must be < --epochs ({args.epochs}), got {finetune}")
+        if args.model not in ("lenet5", "lenet5-bmrs") and not _is_mlp(args.model):
+            demo_parser.error(f"argument --model: expected lenet5, lenet5-bmrs, mlp or mlp-H1-H2..., "
+                              f"got {args.model!r}")
+        import fastbayes as fb
+        try:
+            fb.backends.default("cpu")
+        except (ValueError, RuntimeError) as e:
+            demo_parser.error(f"FASTBAYES_BACKEND: {e}")
+        from .apps.demo import run
+        run(args.method, args.model, args.dataset, args.epochs, finetune, args.seed, args.out, args.batch_size,
             args.lr, args.max_train, plots=not args.no_plots, n_particles=args.particles,
-            svgd_epochs=args.svgd_epochs, kl=args.kl,
-            gate_lr_factor=args.gate_lr_factor, delta_f=args.delta_f)
+            svgd_epochs=args.svgd_epochs, kl=args.kl, gate_lr_factor=args.gate_lr_factor, delta_f=args.delta_f,
+            dense=not args.no_dense)
         return 0
     return bench(args)
+
+
+def _is_mlp(name: str) -> bool:
+    parts = name.split("-")
+    return parts[0] == "mlp" and all(h.isdigit() and int(h) > 0 for h in parts[1:])
 
 
 if __name__ == "__main__":

@@ -309,7 +309,7 @@ def _xy(data):
     elif hasattr(data, "x") and hasattr(data, "y"):
         x, y = data.x, data.y
     else:
-        raise ValueError("data must be an (x, y) pair of tensors or have .x and .y (e.g. fastbayes.data.Split)")
+        raise ValueError("data must be an (x, y) pair of tensors or have .x and .y (e.g. fastbayes.apps.data.Split)")
     if not isinstance(x, Tensor) or not isinstance(y, Tensor) or len(x) != len(y) or len(x) == 0:
         raise ValueError("data must hold tensors x and y with the same, non-zero number of examples")
     if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):

@@ -2,7 +2,7 @@
 import torch.nn.functional as F
 from torch import nn
 
-from fastbayes.models import MLP, LeNet5  # noqa: F401
+from fastbayes.apps.models import MLP, LeNet5  # noqa: F401
 
 
 class ConvBN(nn.Module):

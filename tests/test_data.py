@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastbayes import data
+from fastbayes.apps import data
 
 
 def _write_idx(path, arr, gz):

@@ -10,7 +10,7 @@ from torch import nn
 
 import fastbayes as fb
 from fastbayes import dllp
-from fastbayes.models import MLP, LeNet5
+from fastbayes.apps.models import MLP, LeNet5
 from models import ConvBN
 
 
@@ -277,7 +277,7 @@ def test_magnitude_masks_match_sparsity():
 
 def test_fit_scores_and_end_to_end_on_digits(tmp_path):
     """A few SVGD steps on digits: .grad is −(N/B)∇log-lik − ∇log prior, and a report with every key comes out."""
-    from fastbayes import data
+    from fastbayes.apps import data
     torch.manual_seed(0)
     train, test = data.digits("train"), data.digits("test")
     train = data.Split(train.x[:256], train.y[:256])
@@ -319,7 +319,7 @@ def test_fit_scores_and_end_to_end_on_digits(tmp_path):
 
 
 def test_demo_dllp_report(tmp_path):
-    from fastbayes.demo import run
+    from fastbayes.apps.demo import run
     rep = run("dllp", "mlp-12", "digits", epochs=1, seed=0, out=tmp_path, batch_size=64, max_train=192,
               quiet=True, n_particles=3, svgd_epochs=1)
     saved = json.loads((tmp_path / "report.json").read_text())
@@ -437,7 +437,7 @@ def test_per_particle_batches_forward_and_gradient():
 
 
 def _digits_ensemble(per_particle_batches, **fit_kw):
-    from fastbayes import data
+    from fastbayes.apps import data
     torch.manual_seed(0)
     train = data.digits("train")
     train = data.Split(train.x[:512], train.y[:512])
@@ -457,7 +457,7 @@ def _digits_ensemble(per_particle_batches, **fit_kw):
 def test_per_particle_batches_spread_the_particles():
     """From the same near-identical start (absolute jitter 1e-3), particles that draw their own minibatches disagree
     on held-out data by orders of magnitude more than particles that share every minibatch."""
-    from fastbayes import data
+    from fastbayes.apps import data
     test = data.digits("test")
     shared, h_shared = _digits_ensemble(False)
     own, h_own = _digits_ensemble(True)

@@ -151,7 +151,7 @@ def test_torch_compile_fullgraph_matches_eager_and_trains():
 
 
 def test_param_groups_split_gates_from_weights():
-    from fastbayes.models import LeNet5
+    from fastbayes.apps.models import LeNet5
     m = LeNet5()
     gates = fb.add_gates(m)
     groups = fb.nn.param_groups(m, 1e-3, gate_lr_factor=10)
@@ -164,7 +164,7 @@ def test_param_groups_split_gates_from_weights():
 
 
 def test_param_groups_bad_arguments():
-    from fastbayes.models import LeNet5
+    from fastbayes.apps.models import LeNet5
     m = LeNet5()
     with pytest.raises(ValueError, match="no gates"):
         fb.nn.param_groups(m, 1e-3)

@@ -1,9 +1,10 @@
-"""Quick Bernoulli experiments (not part of the repo)."""
-import argparse, json, time, statistics, sys
+"""Quick Bernoulli-gate experiments behind the "Exploration that led here" table of docs/RESULTS.md §2 (research
+ code: one training run with the options under test; see research/README.md)."""
+import argparse, json, time, statistics, sys, tempfile
 import torch, torch.nn.functional as F
 torch.set_num_threads(1)
-from fastbayes.demo import _prepare, accuracy
-from fastbayes.models import build
+from fastbayes.apps.demo import _prepare, accuracy
+from fastbayes.apps.models import build
 from fastbayes.nn import bernoulli as B
 from fastbayes.prune import Shrinker
 
@@ -24,7 +25,7 @@ p.add_argument("--trace", type=int, default=0)
 p.add_argument("--s1mult", type=float, default=1.0)
 p.add_argument("--every", type=int, default=50)
 a = p.parse_args()
-out, ds, train, val, test = _prepare("/tmp/bexp", None, a.seed, a.max_train)
+out, ds, train, val, test = _prepare(tempfile.mkdtemp(), None, a.seed, a.max_train)
 model = build(a.model, tuple(train.x.shape[1:]))
 gates = B.attach(model, init_theta=a.theta, sigma0_ratio=a.ratio)
 import math
