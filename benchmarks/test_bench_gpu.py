@@ -12,7 +12,7 @@
 * ``test_train_step``: one optimiser step of LeNet5 (Caffe, SBP's), BMRS's Lenet5 and torchvision's ResNet-50
   at batch 32 (224x224 for ResNet-50), plain and gated; gates as in BMRS Table 3 (ResNet-50: one after every
   BatchNorm, downsample BNs included; Lenet5: on every conv/fc output but the classifier).  gated/plain is the
-  number to set against BMRS's 6.9x (ResNet-50) and 4.9x (Lenet5, MNIST) in ANCHORS.md §2.3.
+  number to set against BMRS's 6.9x (ResNet-50) and 4.9x (Lenet5, MNIST) from its Tables 3-4 (arXiv 2406.01345).
 
 Without CUDA the module skips, unless ``FASTBAYES_GPU_CHECK_DRY=1`` (tools/gpu_check.sh --dry-run): then the same
 cases run on the CPU at tiny sizes, Triton through its interpreter, to rehearse the check.  With
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import fastbayes as fb
-from fastbayes.models import LeNet5, LeNet5BMRS
+from fastbayes.apps.models import LeNet5, LeNet5BMRS
 from fastbayes.reference import bernoulli as ref_bern
 from fastbayes.reference import gate_stats as ref_gs
 from fastbayes.reference import lognormal as ref_ln

@@ -303,9 +303,9 @@ def test_prior_bad_arguments(which, bad, match):
 def test_attach_defaults_and_state_round_trip():
     torch.manual_seed(0)
     m = LeNet5(widths=(4, 6, 16))
-    gates = B.attach(m)
+    gates = fb.add_gates(m, kind="bernoulli")
     assert list(gates) == ["conv1", "conv2", "fc1"]
-    assert B.attach(m)["conv2"] is gates["conv2"]                       # idempotent
+    assert fb.add_gates(m, kind="bernoulli")["conv2"] is gates["conv2"]                       # idempotent
     g = gates["conv2"]
     fan_in = m.conv2.weight[0].numel()
     assert math.isclose(float(g.log_var1), math.log(2.0 / fan_in), rel_tol=1e-6)
@@ -321,7 +321,7 @@ def test_attach_defaults_and_state_round_trip():
     buf = io.BytesIO()
     torch.save(m.state_dict(), buf)
     m2 = LeNet5(widths=(4, 6, 16))
-    B.attach(m2)
+    fb.add_gates(m2, kind="bernoulli")
     m2.load_state_dict(torch.load(io.BytesIO(buf.getvalue())))
     m2.eval()
     torch.testing.assert_close(m2(x), m(x), rtol=0, atol=0)
@@ -350,7 +350,7 @@ def test_gate_frozen_mask_project_and_freeze():
 
 def test_attach_projection_hook_clips_after_step():
     m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
-    gates = B.attach(m)
+    gates = fb.add_gates(m, kind="bernoulli")
     opt = torch.optim.SGD(m.parameters(), lr=10.0)
     handle = B.attach_projection(opt, m)
     x = torch.randn(32, 3)
@@ -367,7 +367,7 @@ def test_attach_projection_hook_clips_after_step():
 def test_prior_loss_one_launch_equals_per_unit_sum(monkeypatch):
     torch.manual_seed(1)
     m = ConvBN()
-    gates = B.attach(m, ["conv", "fc"], placement="bn", kl_weight={"fc": 0.5})
+    gates = fb.add_gates(m, kind="bernoulli", layers=["conv", "fc"], placement="bn", kl_weight={"fc": 0.5})
     assert list(gates) == ["bn", "fc"]                  # conv's gate sits on the BatchNorm after it
     g_bn, g_fc = gates["bn"], gates["fc"]
     with torch.no_grad():
@@ -421,7 +421,7 @@ def test_exact_theta_grad():
     """Two passes with ξ_i forced to 1 and 0, the other gates drawing the same ξ; linear loss: equals Σ g·x."""
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 1))
-    gates = B.attach(m)
+    gates = fb.add_gates(m, kind="bernoulli")
     x = torch.randn(32, 4)
     g0, g2 = gates["0"], gates["2"]
     with torch.no_grad():
@@ -445,7 +445,7 @@ def test_exact_theta_grad():
     torch.testing.assert_close(d, torch.tensor(want, dtype=torch.float64))
     # the last gate feeds a linear read-out of a sum: ℓ is affine in its ξ, so straight-through is exact there
     m2 = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 1))
-    gate = B.attach(m2)["0"]
+    gate = fb.add_gates(m2, kind="bernoulli")["0"]
     torch.set_rng_state(state)
     loss_fn(m2).backward()
     torch.set_rng_state(state)
@@ -468,7 +468,7 @@ def test_gates_converge_to_zero_or_one():
         x = torch.randn(n, d_in)
         y = torch.relu(x @ teacher_w.T) @ torch.tensor([1.0, -1.0, 0.5]) + 0.05 * torch.randn(n)
         m = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-        gate = B.attach(m, init_theta=0.5, sigma0_ratio=0.1)["0"]
+        gate = fb.add_gates(m, kind="bernoulli", init_theta=0.5, sigma0_ratio=0.1)["0"]
         opt = torch.optim.Adam(m.parameters(), lr=2e-2)
         B.attach_projection(opt, m)
         for _ in range(300):
@@ -488,7 +488,7 @@ def test_gates_converge_to_zero_or_one():
 def test_torch_compile_fullgraph_draws_fresh_noise():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
-    B.attach(m, init_theta=0.5)
+    fb.add_gates(m, kind="bernoulli", init_theta=0.5)
     cm = torch.compile(m, fullgraph=True)
     x = torch.randn(16, 5)
     outs = [cm(x) for _ in range(2)]
@@ -497,3 +497,11 @@ def test_torch_compile_fullgraph_draws_fresh_noise():
     assert m[0].fastbayes_gate.theta.grad is not None
     m.eval()
     torch.testing.assert_close(cm(x), m(x))
+
+
+def test_attach_is_a_deprecated_alias_of_add_gates():
+    m = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    with pytest.warns(DeprecationWarning, match="add_gates"):
+        gates = B.attach(m, init_theta=0.5)
+    assert isinstance(gates["0"], fb.nn.BernoulliGate) and float(gates["0"].theta[0]) == 0.5
+    assert fb.nn.gates(m) == gates

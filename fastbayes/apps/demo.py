@@ -546,7 +546,7 @@ def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_t
     init_state = torch.get_rng_state()       # the dense baseline is built from the same state: same weights
     model = build(model_name, tuple(train.x.shape[1:]))
     start = build(model_name, tuple(train.x.shape[1:]))    # the starting width, for the "before" measurements
-    gates = B.attach(model, **BERNOULLI_OPTIONS)
+    gates = add_gates(model, kind="bernoulli", **BERNOULLI_OPTIONS)
     total_per_layer = {k: g.num_features for k, g in gates.items()}
     thetas = {id(g.theta) for g in gates.values()}
     opt = torch.optim.Adam([p for p in model.parameters() if id(p) not in thetas], lr)

@@ -30,7 +30,7 @@ A unit is worth keeping at the optimum when it lowers the data term by more than
 
 Training loop::
 
-    gates = fastbayes.nn.bernoulli.attach(model)                   # or fastbayes.add_gates(model, kind="bernoulli")
+    gates = fastbayes.add_gates(model, kind="bernoulli")
     # optimizer: Adam on the weights and plain SGD on the θ (e.g. lr 3), as param groups or two optimisers
     fastbayes.nn.bernoulli.attach_projection(optimizer, model)     # θ clipped to [0, 1] after every step
     for x, y in loader:
@@ -261,7 +261,7 @@ def prior_loss(model: nn.Module) -> torch.Tensor:
     """
     found = _sources(model)
     if not found:
-        raise ValueError("model has no BernoulliGate: call fastbayes.nn.bernoulli.attach(model) first")
+        raise ValueError("model has no BernoulliGate: call fastbayes.add_gates(model, kind='bernoulli') first")
     return _prior_terms(list(found.values()))
 
 

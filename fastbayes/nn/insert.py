@@ -128,7 +128,7 @@ def add_gates(model: nn.Module, kind: str = "lognormal", *, layers: Iterable[str
 
     Args:
         kind: "lognormal" (SBP / BMRS noise) or "bernoulli" (Bernoulli unit gates with a scale-mixture prior,
-            σ1² = 2/fan_in per layer; see ``fastbayes.nn.bernoulli.attach``).
+            σ1² = 2/fan_in per layer; see ``fastbayes.nn.bernoulli``).
         layers: names of Conv/Linear modules to gate, or a predicate ``(name, module) -> bool``; default: every
             Conv/Linear except the final classifier.  Coupled: a group is gated if one of its layers is listed
             (by default: if none of its layers is the classifier).
