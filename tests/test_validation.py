@@ -148,3 +148,31 @@ def test_lazy_subpackages_are_attributes():
     assert fb.dllp.ParticleEnsemble is not None
     with pytest.raises(AttributeError, match="nonsense"):
         fb.nonsense
+
+
+def test_loss_terms_and_param_groups_refuse_bad_arguments():
+    m = LeNet5(widths=(4, 6, 8))
+    fb.add_gates(m)
+    for bad in (float("inf"), float("nan"), 0.0, True, "1e-3"):
+        with pytest.raises(ValueError, match="lr"):
+            fb.nn.param_groups(m, bad)
+    with pytest.raises(TypeError, match="model"):
+        fb.kl_loss([m])
+    with pytest.raises(TypeError, match="model"):
+        fb.nn.penalty(None)
+    with pytest.raises(ValueError, match="reduction"):
+        fb.nn.penalty(m, "max")
+    with pytest.raises(TypeError, match="bound a"):
+        fb.ops.lognormal_noise(torch.ones(2, 3), torch.zeros(3), torch.zeros(3), a="-20")
+
+
+def test_penalty_sums_every_kind_of_gate():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    fb.add_gates(m, layers=["0"])
+    fb.add_gates(m, kind="bernoulli", layers=["2"])
+    want = fb.kl_loss(m) + fb.nn.prior_loss(m)
+    torch.testing.assert_close(fb.nn.penalty(m), want)
+    g = fb.nn.gates(m)
+    torch.testing.assert_close(g["0"].penalty(), g["0"].kl_weight * g["0"].kl())
+    torch.testing.assert_close(g["2"].penalty(m[2]), fb.nn.prior_loss(m))

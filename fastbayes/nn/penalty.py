@@ -1,6 +1,9 @@
 """The gates' terms of the loss, and the optimiser groups that train them."""
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import nn
 
@@ -9,6 +12,11 @@ from ..reference.gate_stats import LOG_SIGMA_MAX, LOG_SIGMA_MIN
 from .bernoulli import BernoulliGate, prior_loss
 from .gates import LogNormalGate
 from .sites import gates
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
 
 
 def param_groups(model: nn.Module, lr: float, gate_lr_factor: float = 10.0) -> list[dict]:
@@ -20,10 +28,10 @@ def param_groups(model: nn.Module, lr: float, gate_lr_factor: float = 10.0) -> l
     to about +3 before a criterion can judge it; at the weights' lr that takes ~15 epochs of BMRS training, at 10×
     (SBP's VGG recipe) about 2 (docs/RESULTS.md §1).  Gates shared by coupled layers are listed once.
     """
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if not (isinstance(gate_lr_factor, (int, float)) and gate_lr_factor > 0):
-        raise ValueError(f"gate_lr_factor must be a positive number, got {gate_lr_factor!r}")
+    for name, v in (("lr", lr), ("gate_lr_factor", gate_lr_factor)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a finite positive number, got {v!r}")
+    _check_model(model)
     gate_params, seen = [], set()
     for g in gates(model).values():
         for p in g.parameters():
@@ -66,6 +74,7 @@ def kl_loss(model: nn.Module, reduction: str = "sum") -> torch.Tensor:
     code instead: the mean KL over the units of each layer, then the mean over layers, added to the mean CE with
     weight 1 (a KL about N/(L·U) times stronger than the ELBO; METHODS.md §2.1).  A coupled gate counts once.
     """
+    _check_model(model)
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     found = [g for g in gates(model).values() if isinstance(g, LogNormalGate)]
@@ -91,6 +100,7 @@ def penalty(model: nn.Module, reduction: str = "sum") -> torch.Tensor:
     ``gate_stats`` launch per (a, b)) plus the spike-and-slab prior of the Bernoulli gates (``prior_loss``, one
     ``scale_mixture_prior`` launch).  Add ``penalty(model) / n_train`` to the mean task loss (the per-example ELBO);
     ``reduction`` applies to the KL as in ``kl_loss``."""
+    _check_model(model)
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     found = gates(model).values()

@@ -7,6 +7,7 @@ directly.  Backends register their implementations where they are defined (see `
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -50,6 +51,9 @@ def check_float(name: str, t) -> torch.Tensor:
 
 
 def check_bounds(a, b) -> tuple[float, float]:
+    for name, v in (("a", a), ("b", b)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"bound {name} must be a real number (log-space truncation bound), got {v!r}")
     a, b = float(a), float(b)
     if not (math.isfinite(a) and math.isfinite(b)):
         raise ValueError(f"bounds a and b must be finite, got a={a}, b={b}")
