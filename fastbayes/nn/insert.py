@@ -311,3 +311,17 @@ def attach_gates(model: nn.Module, config: list[dict]) -> dict[str, nn.Module]:
         for s, tiles in e["sites"]:
             attach(modules[s], gate, int(tiles))
     return gates(model)
+
+
+# names that lived here before nn/ was split (sites, graph, penalty): still importable, with a DeprecationWarning
+_MOVED = {"kl_loss": "fastbayes.nn.penalty", "param_groups": "fastbayes.nn.penalty",
+          "default_layers": "fastbayes.nn.sites", "select_layers": "fastbayes.nn.sites",
+          "channel_groups": "fastbayes.graph", "ChannelGroup": "fastbayes.graph",
+          "dependency_graph": "fastbayes.graph"}
+
+
+def __getattr__(name):
+    if name in _MOVED:
+        warnings.warn(f"fastbayes.nn.insert.{name} moved to {_MOVED[name]}.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'fastbayes.nn.insert' has no attribute {name!r}")
