@@ -28,7 +28,7 @@ def _setup(name, seed=0, lr=1e-2, steps=3):
     torch.manual_seed(seed)
     model, x = MODELS[name]()
     y = torch.randint(0, 5, (x.shape[0],))
-    gates = B.attach(model, init_theta=0.5, sigma0_ratio=0.1)
+    gates = fb.add_gates(model, "bernoulli", init_theta=0.5, spike_ratio=0.1)
     opt = torch.optim.Adam(model.parameters(), lr)
     for _ in range(steps):      # non-trivial Adam state everywhere
         _train_step(model, opt, x, y)
@@ -93,7 +93,7 @@ def test_train_mode_same_seed_output_unchanged():
     torch.manual_seed(0)
     model = MLP((20, 16, 12, 5))
     x = torch.randn(8, 20)
-    gates = B.attach(model, init_theta=0.5, sigma0_ratio=0.1)
+    gates = fb.add_gates(model, "bernoulli", init_theta=0.5, spike_ratio=0.1)
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     g0, g1 = gates["layers.0"], gates["layers.1"]
     with torch.no_grad():

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..graph import as_args, channel_groups
 from ..layers import BATCH_NORMS, CONV, WEIGHTED, units
-from ..nn.sites import detach, following_bn, sites, trace
+from ..nn.sites import detach, following_bn, gates, sites, trace
 
 CHECK_RTOL = 1e-5
 
@@ -162,6 +162,16 @@ def _strip_gates(model: nn.Module):
     return out
 
 
+def _copy(model: nn.Module) -> nn.Module:
+    """copy.deepcopy with every gate's eval cache current first: a LogNormalGate caches E[θ]·mask keyed by tensor
+    version counters, which a copy restarts at 0, so a stale cache (parameters changed since the last eval forward)
+    could be taken for valid in the copy."""
+    for gate in gates(model).values():
+        if callable(getattr(gate, "expected_scale", None)):
+            gate.expected_scale()
+    return copy.deepcopy(model)
+
+
 def _check_masks(model: nn.Module, masks) -> dict[str, torch.Tensor]:
     if not isinstance(masks, Mapping):
         raise ValueError(f"masks must be a dict {{layer name: bool tensor [units]}}, got {type(masks).__name__}")
@@ -246,7 +256,7 @@ def compact(model: nn.Module, example_inputs, *, masks: Mapping[str, torch.Tenso
         raise ValueError("example_inputs is required to trace the model")
     as_args(example_inputs)
     masks = None if masks is None else _check_masks(model, masks)
-    small = copy.deepcopy(model)
+    small = _copy(model)
     masked = _fold_masks(small, masks) if masks else {}
     reference = eval_outputs(small, example_inputs) if check else None
     small.eval()
