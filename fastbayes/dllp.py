@@ -60,7 +60,7 @@ from . import metrics
 from .distributions import SpikeSlab
 from .layers import CONV
 from .nn.sites import default_layers, following_bn, gates as find_gates
-from .prune.compact import compact
+from .prune.compact import compact as compact_model
 from .prune.criteria import decide
 
 
@@ -223,7 +223,7 @@ def compact_masked(model: nn.Module, masks: Mapping[str, Tensor], example_inputs
     if not isinstance(masks, Mapping):
         raise ValueError(f"masks must be a dict {{layer name: bool tensor}}, got {type(masks).__name__}")
     layers = _find_layers(model, list(masks), None, DEFAULT_SPIKE_RATIO, DEFAULT_PI)
-    return compact(model, example_inputs, masks=_check_masks(layers, masks), check=check)
+    return compact_model(model, example_inputs, masks=_check_masks(layers, masks), check=check)
 
 
 @torch.no_grad()
@@ -568,7 +568,7 @@ class ParticleEnsemble:
         if compact:
             if example_inputs is None:
                 raise ValueError("example_inputs is required with compact=True")
-            small = [compact(self.particle(i), example_inputs, masks=masks) for i in range(self.n_particles)]
+            small = [compact_model(self.particle(i), example_inputs, masks=masks) for i in range(self.n_particles)]
             return ParticleEnsemble.from_modules(small, [l.name for l in self.layers],
                                                  pi=self.layers[0].prior.pi,
                                                  spike_ratio=self.layers[0].prior.spike_ratio,
@@ -581,7 +581,7 @@ class ParticleEnsemble:
         """A single compact network: the particle mean with ``masks`` (default ``consensus_mask()``) applied and the
         pruned units removed by ``fastbayes.prune.compact``."""
         masks = _check_masks(self.layers, self.consensus_mask() if masks is None else masks)
-        return compact(self.mean_module(), example_inputs, masks=masks)
+        return compact_model(self.mean_module(), example_inputs, masks=masks)
 
 
 # ------------------------------------------------------------------------------------------------------------------

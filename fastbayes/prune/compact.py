@@ -270,6 +270,7 @@ def compact(model: nn.Module, example_inputs, *, masks: Mapping[str, torch.Tenso
     if any(bool(z.any()) for z, _ in folded.values()):
         flags = {n: p.requires_grad for n, p in model.named_parameters()}
         dg = trace(small, example_inputs)
+        modules = dict(small.named_modules())
         plans, covered = [], set()
         for g in channel_groups(small, dg=dg):
             named = [k for k in g.maps if isinstance(k, str) and k in folded]
@@ -281,8 +282,12 @@ def compact(model: nn.Module, example_inputs, *, masks: Mapping[str, torch.Tenso
             if not bool(wanted.any()):
                 continue
             ungated = [s for s in g.sites if s not in folded]
-            if g.problem is not None:
-                structural, why = torch.zeros_like(wanted), g.problem
+            problem = g.problem
+            if problem is None and any(not dg.module2node[modules[p]].outputs for p in g.producers):
+                # Torch-Pruning marks no OUTPUT node after a model's last layer (graph.py does not see it either)
+                problem = "these channels are outputs of the model"
+            if problem is not None:
+                removable = structural = torch.zeros_like(wanted)
             else:
                 removable = torch.ones(g.size, dtype=torch.bool)
                 score = torch.full((g.size,), -float("inf"), dtype=torch.float64)
@@ -296,19 +301,30 @@ def compact(model: nn.Module, example_inputs, *, masks: Mapping[str, torch.Tenso
                     score[roots] = torch.maximum(score[roots], mean[idxs])
                 grouped = [((len(g.maps[k][0]), k[2]), g.maps[k]) for k in g.maps if isinstance(k, tuple)]
                 structural = _periodic(removable, grouped)
-                why = (f"{', '.join(map(repr, ungated))} {'is' if len(ungated) == 1 else 'are'} not gated or masked and "
-                       "passes them on" if ungated else "a grouped convolution needs them at every group position")
-                removable = _settle(structural, score, grouped, min_units, round_to)
-                if removable.any():
+                final = _settle(structural, score, grouped, min_units, round_to)
+                if final.any():
                     root_item = g.tp_group[0]
                     plans.append((root_item.dep.target.module, root_item.dep.handler,
-                                  removable.nonzero().flatten().tolist()))
-            stuck = wanted & ~structural
+                                  final.nonzero().flatten().tolist()))
             for k in named:
                 idxs, roots = g.maps[k]
-                n = int((folded[k][0][idxs] & stuck[roots]).sum())
-                if n:
-                    blocked[k] = (n, int(folded[k][0].sum()), why)
+                mine = torch.zeros(g.size, dtype=torch.bool)
+                mine[roots] = folded[k][0][idxs]
+                stuck = mine & ~structural
+                if not bool(stuck.any()):
+                    continue
+                if problem is not None:
+                    why = problem
+                elif bool((stuck & ~removable).any()):
+                    others = [s for s in g.sites if s != k and s in folded
+                              and bool((stuck[g.maps[s][1]] & ~folded[s][0][g.maps[s][0]]).any())]
+                    why = " and ".join(
+                        ([f"{', '.join(map(repr, ungated))} {'is' if len(ungated) == 1 else 'are'} not gated or "
+                          "masked and passes them on"] if ungated else [])
+                        + ([f"coupled layers {', '.join(map(repr, others))} keep them"] if others else []))
+                else:
+                    why = "a grouped convolution needs them at every group position"
+                blocked[k] = (int(stuck.sum()), int(mine.sum()), why)
         for name, (zero, _) in folded.items():
             if name not in covered and bool(zero.any()):
                 blocked[name] = (int(zero.sum()), int(zero.sum()), "not part of any prunable channel group")

@@ -169,7 +169,8 @@ def decide(target, criterion: str, *, min_units: int = 1, **options) -> dict[str
         found = c.fn(target, **options)
     else:
         if not isinstance(target, nn.Module):
-            raise ValueError(f"criterion {criterion!r} applies to the gates of a model, got {type(target).__name__}")
+            raise ValueError(f"criterion {criterion!r} applies to the {c.kinds()} gates of a model, got a "
+                             f"{type(target).__name__}")
         gates = find_gates(target)
         if not gates:
             raise ValueError("model has no gates: call fastbayes.add_gates(model) first")
