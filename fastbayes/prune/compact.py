@@ -230,8 +230,8 @@ def compact(model: nn.Module, example_inputs, *, masks: Mapping[str, torch.Tenso
     with Torch-Pruning (residual sums, depthwise and grouped convolutions, concatenations and BatchNorm handled by
     its dependency graph).  With coupled gates (``add_gates(model, example_inputs=x)``) every pruning decision is
     removed; with per-layer gates a channel goes only when all its coupled layers pruned it and no ungated
-    BatchNorm follows its gate.  Masked units that cannot be removed stay (exactly 0) and a warning names their
-    layers.
+    BatchNorm follows its gate.  Masked units that cannot be removed stay (exactly 0) and a UserWarning names
+    their layers and why (those given back for ``min_units``/``round_to`` excepted).
 
     Args:
         example_inputs: a tensor, a tuple of arguments or a dict of keyword arguments to trace the model with.
