@@ -60,7 +60,7 @@ from . import metrics
 from .distributions import SpikeSlab
 from .layers import CONV
 from .nn.sites import default_layers, following_bn, gates as find_gates
-from .prune.compact import compact as compact_model
+from .prune.compact import apply_masks as prune_apply_masks, compact as compact_model
 from .prune.criteria import decide
 
 
@@ -208,12 +208,11 @@ def unit_layers(model: nn.Module, prunable=None) -> dict[str, int]:
 
 def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> nn.Module:
     """A copy of ``model`` with the pruned units (mask False) zeroed: their weight rows, bias entries and, when a
-    BatchNorm follows the layer, its affine entries, so the unit outputs exactly 0 after the BatchNorm too."""
-    layers = _find_layers(model, list(masks), None, DEFAULT_SPIKE_RATIO, DEFAULT_PI)
-    masks = _check_masks(layers, masks)
-    out = copy.deepcopy(model)
-    _zero_units(layers, masks, dict(out.named_parameters()), 0)
-    return out
+    BatchNorm follows the layer, its affine entries, so the unit outputs exactly 0 after the BatchNorm too
+    (``fastbayes.prune.apply_masks`` on the prunable layers; ``compact(model, x, masks=masks)`` equals it)."""
+    layers = _find_layers(model, list(masks) if isinstance(masks, Mapping) else masks, None, DEFAULT_SPIKE_RATIO,
+                          DEFAULT_PI)
+    return prune_apply_masks(model, _check_masks(layers, masks))
 
 
 def compact_masked(model: nn.Module, masks: Mapping[str, Tensor], example_inputs, *, check: bool = True) -> nn.Module:

@@ -503,6 +503,7 @@ def test_masks_on_a_plain_model(form):
     assert (small.conv.out_channels, small.bn.num_features, small.fc.in_features, small.fc.out_features,
             small.out.in_features) == (5, 5, 5, 4, 4)
     torch.testing.assert_close(small(x, 2.0), _zeroed(m, masks)(x, 2.0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fb.prune.apply_masks(m, masks)(x, 2.0), _zeroed(m, masks)(x, 2.0), rtol=0, atol=0)
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())     # the source is untouched
     assert fb.prune.measure(small, inputs, repeats=1, warmup=0, min_time=0)["params"] < fb.prune.count_params(m)
 

@@ -213,6 +213,17 @@ def _fold_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, t
     return zero
 
 
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A copy of ``model`` with explicit masks {layer: bool [units], True = kept} applied: the weight rows and biases
+    of masked units zeroed, and the affine entries of a BatchNorm right after a masked Linear/Conv too (an
+    affine-free BatchNorm gets an affine part holding the mask), so a masked unit is exactly 0 after the BatchNorm.
+    This is the model ``compact(model, x, masks=masks)`` starts from and equals; gates, if any, stay."""
+    masks = _check_masks(model, masks)
+    out = _copy(model)
+    _fold_masks(out, masks)
+    return out
+
+
 def _blocked_message(blocked: dict[str, tuple[int, int, str]]) -> str:
     parts = [f"{name!r} ({n} of {total} masked units kept: {why})" for name, (n, total, why) in blocked.items()]
     return ("compact() could not remove masked units of " + "; ".join(parts) + ". They stay in the model, scaled to "
