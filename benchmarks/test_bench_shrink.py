@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import fastbayes as fb
 from fastbayes.nn import bernoulli as B
 from fastbayes.prune import Shrinker
 from models import LeNet5
@@ -23,7 +24,7 @@ def test_train_step_shrink(benchmark, provider):
     x, y = torch.randn(SHAPE), torch.randint(0, 10, (SHAPE[0],))
     gated = provider != "plain"
     if gated:
-        gates = fb.add_gates(model, kind="bernoulli", init_theta=0.9, sigma0_ratio=0.3)
+        gates = fb.add_gates(model, kind="bernoulli", init_theta=0.9, spike_ratio=0.3)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     shrinker = Shrinker(model, opt, every=1, example_inputs=x[:2]) if gated else None
     if provider == "bernoulli:shrunk":

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fastbayes import add_gates, dllp, kl_loss
+from fastbayes import add_gates, dllp, kl_loss, metrics
 from fastbayes.apps import data
 from fastbayes.apps.models import build
 from fastbayes.prune import PruneSchedule, compact
@@ -43,10 +43,10 @@ from fastbayes.prune.measure import count_params
 
 
 def reliability(logits, labels) -> dict:
-    """``dllp.reliability_report`` plus ``mean_confidence`` (mean max predictive probability): above the accuracy is
+    """``metrics.reliability_report`` plus ``mean_confidence`` (mean max predictive probability): above the accuracy is
     over-confident, below it under-confident."""
-    rep = dllp.reliability_report(logits, labels)
-    mean = dllp.predictive_mean(logits)
+    rep = metrics.reliability_report(logits, labels)
+    mean = metrics.predictive_mean(logits)
     rep["mean_confidence"] = float(mean.max(-1).values.mean())
     # error detection: how well the uncertainty ranks the wrong predictions above the right ones (AUROC, 0.5 = chance)
     wrong = mean.argmax(-1).cpu() != labels.cpu()
@@ -197,7 +197,7 @@ def main(argv=None) -> dict:
     t_plain = time.perf_counter() - t0
 
     def on_epoch(e, ens):
-        acc = float((dllp.predictive_mean(ens.predict(val.x)).argmax(1) == val.y).double().mean())
+        acc = float((metrics.predictive_mean(ens.predict(val.x)).argmax(1) == val.y).double().mean())
         kept = sum(int(m.sum()) for m in ens.consensus_mask().values())
         print(f"svgd epoch {e + 1}: val acc (ensemble) {acc:.4f}, consensus keeps {kept} units "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -216,7 +216,7 @@ def main(argv=None) -> dict:
     point_masks = dllp.magnitude_masks(model, masks)
     point = dllp.apply_masks(model, point_masks)
     point_logits = dllp.predict_logits(point, test.x)
-    point_small = dllp.compact_masked(model, point_masks, test.x[:1])
+    point_small = compact(model, test.x[:1], masks=point_masks)
     params = count_params(model)
     # a point estimate with the same number of passes over the data: the plain network trained on (same Adam state)
     # for --svgd-epochs more epochs, then magnitude-pruned at the same per-layer widths
@@ -255,7 +255,7 @@ def main(argv=None) -> dict:
             "method": f"plain network trained {args.svgd_epochs} more epochs (as many passes as SVGD), then magnitude "
                       "pruning at the same per-layer sparsity",
             "test_accuracy_unpruned": accuracy(ft, test), "test_accuracy": accuracy(ft_point, test),
-            "params": count_params(dllp.compact_masked(ft, ft_masks, test.x[:1])),
+            "params": count_params(compact(ft, test.x[:1], masks=ft_masks)),
             "reliability": reliability(ft_logits, test.y)},
         "bmrs_n": None if bmrs is None else {k: v for k, v in bmrs.items() if k != "logits"},
         "history": history,
@@ -266,13 +266,13 @@ def main(argv=None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
     plot = Path(args.plot) if args.plot else out.with_suffix(".png")
-    series = {f"DLLP ensemble ({args.particles} particles)": dllp.predictive_mean(ens_logits),
-              "DLLP compact particle mean": dllp.predictive_mean(mean_logits),
-              "magnitude-pruned point estimate": dllp.predictive_mean(point_logits),
-              "magnitude-pruned, same budget": dllp.predictive_mean(ft_logits)}
+    series = {f"DLLP ensemble ({args.particles} particles)": metrics.predictive_mean(ens_logits),
+              "DLLP compact particle mean": metrics.predictive_mean(mean_logits),
+              "magnitude-pruned point estimate": metrics.predictive_mean(point_logits),
+              "magnitude-pruned, same budget": metrics.predictive_mean(ft_logits)}
     if bmrs is not None:
-        series[f"BMRS_N ({100 * bmrs['sparsity_units']:.1f}% units pruned)"] = dllp.predictive_mean(bmrs["logits"])
-    dllp.plot_reliability_diagram(series, test.y, plot, title=f"{args.model} / Fashion-MNIST, DLLP "
+        series[f"BMRS_N ({100 * bmrs['sparsity_units']:.1f}% units pruned)"] = metrics.predictive_mean(bmrs["logits"])
+    metrics.plot_reliability_diagram(series, test.y, plot, title=f"{args.model} / Fashion-MNIST, DLLP "
                                   f"{100 * res['sparsity_units']:.1f}% of units pruned")
     e, q = res["dllp_ensemble"]["reliability"], res["point_estimate"]["reliability"]
     print(f"units pruned {100 * res['sparsity_units']:.1f}% ({res['kept_per_layer']} kept), parameters removed "

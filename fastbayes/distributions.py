@@ -5,6 +5,10 @@ Both live on θ = exp(x) with log-space bounds a < b (Python floats; default θ 
 * ``TruncatedLogNormal(loc, scale, a, b)``: x ~ N(loc, scale²) truncated to [a, b] (the SBP/BMRS posterior).
 * ``LogUniform(a, b)``: x ~ U(a, b) (their prior).
 
+and, on the k weights w feeding one unit, ``SpikeSlab(slab_var, spike_ratio, pi)``: the two-component Gaussian
+scale mixture π·N(0, σ1² I) + (1 − π)·N(0, σ0² I) shared by the Bernoulli gates and DLLP (one parameterisation:
+slab variance σ1² = ``slab_var``, ``spike_ratio`` = σ0/σ1).
+
 Every statistic is computed in float64 through ``fastbayes.reference.gate_stats`` (the regime-split
 forms that stay exact when loc lies far outside [a, b]) and returned in the dtype of ``loc``.  Sampling is
 the inverse CDF: inside it reads ε = Φ⁻¹ from log-space probabilities with the upper-tail mirror; when
@@ -30,7 +34,7 @@ from torch.distributions.utils import broadcast_all
 from .reference import gate_stats as gs
 from .reference.special import HALF_LOG_2PI, log_ndtr, ndtri_log
 
-__all__ = ["TruncatedLogNormal", "LogUniform"]
+__all__ = ["TruncatedLogNormal", "LogUniform", "SpikeSlab"]
 
 NEWTON_STEPS = 6      # tail sampler: quadratic convergence from a start within ~4 %: exact after 4
 
@@ -473,3 +477,99 @@ def _kl_tln_tln(q, p):
 def _kl_logu_logu(q, p):
     _check_support(q, p)
     return q._full(math.log((p.b - p.a) / (q.b - q.a)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the spike-and-slab prior on a unit's weights
+
+def _finite_float(name: str, v, lo: float | None = None, hi: float | None = None) -> float:
+    if isinstance(v, bool) or not isinstance(v, Number) or not math.isfinite(float(v)):
+        raise ValueError(f"{name} must be a finite number, got {v!r}")
+    v = float(v)
+    if (lo is not None and not v > lo) or (hi is not None and not v < hi):
+        rng = f"({'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'})"
+        raise ValueError(f"{name} must be in {rng}, got {v!r}")
+    return v
+
+
+class SpikeSlab:
+    """p(w) = π·N(w; 0, σ1² I) + (1 − π)·N(w; 0, σ0² I) over the last axis of w (the k weights feeding one unit).
+
+    The one spike-and-slab prior of fastbayes: ``fastbayes.nn.BernoulliGate`` (whose ξ plays the component, with
+    π its type-II optimum θ, so its loss term uses the component costs ``nll_slab``/``nll_spike``) and
+    ``fastbayes.dllp.ParticleEnsemble`` (π fixed, the slab responsibility decides pruning) both build on it.
+
+    Args:
+        slab_var: σ1² > 0, the slab variance (both users default to 2/fan_in of the layer, He initialisation).
+        spike_ratio: σ0/σ1 in (0, 1): the spike's standard deviation relative to the slab's.
+        pi: prior slab probability π in (0, 1) (default ½).
+
+    The responsibility r = P(slab | w) = sigmoid(ℓ), ℓ = log(π/(1 − π)) + ‖w‖²·(1/σ0² − 1/σ1²)/2 − k·log(σ1/σ0), is
+    formed from its logit directly: the two component log-densities are each of size ‖w‖²/σ0² and would cancel.
+    Per-unit scalars are computed in float64 (one per unit, so it costs nothing).
+    """
+
+    def __init__(self, slab_var: float, spike_ratio: float = 0.1, pi: float = 0.5):
+        self.slab_var = _finite_float("slab_var", slab_var, lo=0.0)
+        self.spike_ratio = _finite_float("spike_ratio", spike_ratio, lo=0.0, hi=1.0)
+        self.pi = _finite_float("pi", pi, lo=0.0, hi=1.0)
+        self.spike_var = self.slab_var * self.spike_ratio ** 2
+        if not self.spike_var > 0:
+            raise ValueError(f"slab_var·spike_ratio² underflows to 0 (slab_var={slab_var!r}, "
+                             f"spike_ratio={spike_ratio!r})")
+        self.log_odds = math.log(self.pi) - math.log1p(-self.pi)
+
+    def __repr__(self) -> str:
+        return f"SpikeSlab(slab_var={self.slab_var:.4g}, spike_ratio={self.spike_ratio:g}, pi={self.pi:g})"
+
+    @property
+    def log_var1(self) -> float:
+        """log σ1² (the slab), the constant ``fastbayes.ops.scale_mixture_prior`` takes."""
+        return math.log(self.slab_var)
+
+    @property
+    def log_var0(self) -> float:
+        """log σ0² = log σ1² + 2·log(spike_ratio) (the spike)."""
+        return math.log(self.slab_var) + 2.0 * math.log(self.spike_ratio)
+
+    def _logit(self, sq: torch.Tensor, k: int) -> torch.Tensor:
+        return (self.log_odds + 0.5 * sq * (1.0 / self.spike_var - 1.0 / self.slab_var)
+                + k * math.log(self.spike_ratio))
+
+    @staticmethod
+    def _sq(w: torch.Tensor) -> torch.Tensor:
+        return w.pow(2).sum(-1, dtype=torch.float64)
+
+    def nll_slab(self, w: torch.Tensor) -> torch.Tensor:
+        """c1 = −log N(w; 0, σ1² I) = ‖w‖²/(2σ1²) + (k/2)·log(2πσ1²) per unit, float64."""
+        return 0.5 * self._sq(w) / self.slab_var + 0.5 * w.shape[-1] * (math.log(2 * math.pi) + self.log_var1)
+
+    def nll_spike(self, w: torch.Tensor) -> torch.Tensor:
+        """c0 = −log N(w; 0, σ0² I) per unit, float64."""
+        return 0.5 * self._sq(w) / self.spike_var + 0.5 * w.shape[-1] * (math.log(2 * math.pi) + self.log_var0)
+
+    def logit(self, w: torch.Tensor) -> torch.Tensor:
+        """ℓ = log P(slab | w) − log P(spike | w), float64, shape w.shape[:-1]."""
+        return self._logit(self._sq(w), w.shape[-1])
+
+    def log_prob(self, w: torch.Tensor) -> torch.Tensor:
+        """log p(w) per unit (differentiable), in w's dtype: the spike term plus softplus of the logit.
+
+        Its autograd gradient cancels −w/σ0² against r·w/σ0², losing (σ1/σ0)²·eps relative; ``score`` does not."""
+        k = w.shape[-1]
+        sq = self._sq(w)     # one float64 node, so both terms' gradients meet in float64
+        log_spike = (math.log1p(-self.pi) - 0.5 * sq / self.spike_var
+                     - 0.5 * k * (math.log(2 * math.pi) + self.log_var0))
+        a = self._logit(sq, k)
+        # softplus as logaddexp(a, 0): F.softplus turns linear above 20, biasing the gradient by e^-20·(σ1/σ0)²
+        return (log_spike + torch.logaddexp(a, torch.zeros_like(a))).to(w.dtype)
+
+    def responsibility(self, w: torch.Tensor) -> torch.Tensor:
+        """r = P(slab | w) per unit, in w's dtype."""
+        return torch.sigmoid(self.logit(w.detach())).to(w.dtype)
+
+    def score(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(∇_w log p(w), r): the closed form −(r/σ1² + (1 − r)/σ0²)·w and the responsibilities."""
+        r = torch.sigmoid(self.logit(w.detach()))
+        coef = r / self.slab_var + (1.0 - r) / self.spike_var
+        return -(coef.to(w.dtype).unsqueeze(-1) * w.detach()), r.to(w.dtype)

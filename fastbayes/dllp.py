@@ -13,7 +13,8 @@ Everything below that makes this concrete is fastbayes's own design (METHODS.md 
   never updated; dropout is off), which keeps the forward deterministic and vmap-compatible.
 * **Units.**  The output neurons / channels of each prunable Conv/Linear (default: all but the final classifier).
   The weight group w_c of unit c is its row of the weight plus its bias entry (k weights).
-* **Prior (discrete, two components).**  p(w_c) = π·N(0, s1² I) + (1 − π)·N(0, s0² I): slab = "kept sub-network",
+* **Prior (discrete, two components).**  p(w_c) = π·N(0, s1² I) + (1 − π)·N(0, s0² I) (``fastbayes.distributions.
+  SpikeSlab(slab_var=s1², spike_ratio=s0/s1, pi)``, the prior of the Bernoulli gates too): slab = "kept sub-network",
   spike = "redundancy".  Defaults (our choice): s1² = 2/fan_in of the layer (its He-initialisation variance),
   s0 = 1e-2·s1, π = ½.  No truncation: a small-valued unit stays if the data need it.  The other parameters (the
   classifier, normalisation affines) get a flat prior.
@@ -27,24 +28,26 @@ Everything below that makes this concrete is fastbayes's own design (METHODS.md 
   unbiased score estimate (φ is linear in the scores) at the same cost, and the particles separate.  The spread this
   gives is set by the optimiser's step size and the score noise, not by the repulsion — our reading, not DLLP's.
 * **Pruning.**  Unit c is redundant in particle j when r_c < ½; the consensus mask prunes c when the mean
-  responsibility over particles is below ½.  Outputs: the pruned ensemble (every particle, one mask, rows zeroed or
-  physically removed with ``fastbayes.prune.compact``) and a single compact network (the particle mean).
+  responsibility over particles is below ½ (the "consensus" criterion of ``fastbayes.prune.CRITERIA``).  Outputs: the
+  pruned ensemble (every particle, one mask, rows zeroed or physically removed with ``fastbayes.prune.compact(...,
+  masks=...)``) and a single compact network (the particle mean).
 * **Reliability** (our reading of "quantified reliability": the spread of predictions across particles).  Predictive
-  mean, predictive entropy, mutual information (epistemic part), ECE (15 bins), NLL, Brier score, and the accuracy
-  mean, std and 95 % interval across particles; compared with magnitude pruning of the trained network at the same
+  mean, predictive entropy, mutual information (epistemic part), ECE (15 bins), NLL, Brier score (all from
+  ``fastbayes.metrics``), and the accuracy mean, std and 95 % interval across particles; compared with magnitude pruning of the trained network at the same
   per-layer sparsity (a single model: mutual information 0, std 0).
 
     ens = fastbayes.dllp.ParticleEnsemble(trained_model, n_particles=8)
     ens.fit((x_train, y_train), epochs=2, lr=1e-3, batch_size=128)
     masks = ens.consensus_mask()                            # {layer: bool [units]}, True = kept
     logits = ens.pruned(masks).predict(x_test)              # [n_particles, N, classes]
-    report = fastbayes.dllp.reliability_report(logits, y_test)
+    report = fastbayes.metrics.reliability_report(logits, y_test)
     small = ens.compact_mean(x_test[:1], masks)             # one physically smaller network
 """
 from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional
@@ -53,14 +56,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import metrics
+from .distributions import SpikeSlab
 from .layers import CONV
 from .nn.sites import default_layers, following_bn, gates as find_gates
+from .prune.compact import apply_masks as prune_apply_masks, compact as compact_model
+from .prune.criteria import decide
 
 
 DEFAULT_PI = 0.5
 DEFAULT_SPIKE_RATIO = 1e-2
 DEFAULT_NOISE = 0.1            # relative: 0.1 × each parameter tensor's std (ParticleEnsemble, noise_scale)
-N_BINS = 15
+N_BINS = metrics.N_BINS
 
 
 def _finite(name: str, v, *, positive: bool = False, nonnegative: bool = False) -> float:
@@ -90,63 +97,13 @@ def _posint(name: str, v, minimum: int = 1) -> int:
 # ------------------------------------------------------------------------------------------------------------------
 # the discrete spike-and-slab prior
 
-class SpikeSlabPrior:
-    """p(w) = π·N(w; 0, s1² I) + (1 − π)·N(w; 0, s0² I) over the last axis of w (one unit's k weights).
-
-    Args:
-        slab_var: s1² (the default in ``ParticleEnsemble`` is 2/fan_in of the layer).
-        spike_ratio: s0/s1, in (0, 1) (default 1e-2).
-        pi: prior slab probability π, in (0, 1) (default ½).
-
-    The responsibility r = P(slab | w) = sigmoid(ℓ), ℓ = log(π/(1 − π)) + ‖w‖²·(1/s0² − 1/s1²)/2 − k·log(s1/s0), is
-    formed from its logit directly: the two component log-densities are each of size ‖w‖²/s0² and would cancel.
-    The per-unit scalars are computed in float64 (one per unit, so it costs nothing).
-    """
+class SpikeSlabPrior(SpikeSlab):
+    """Deprecated alias of ``fastbayes.distributions.SpikeSlab`` (same arguments: slab_var, spike_ratio, pi)."""
 
     def __init__(self, slab_var: float, spike_ratio: float = DEFAULT_SPIKE_RATIO, pi: float = DEFAULT_PI):
-        slab_var = _finite("slab_var", slab_var, positive=True)
-        spike_ratio = _finite("spike_ratio", spike_ratio, positive=True)
-        pi = _finite("pi", pi)
-        if not spike_ratio < 1:
-            raise ValueError(f"spike_ratio must be in (0, 1) (the spike is narrower than the slab), got {spike_ratio}")
-        if not 0 < pi < 1:
-            raise ValueError(f"pi must be in (0, 1), got {pi}")
-        self.slab_var, self.spike_ratio, self.pi = slab_var, spike_ratio, pi
-        self.spike_var = slab_var * spike_ratio ** 2
-        self.log_odds = math.log(pi) - math.log1p(-pi)
-
-    def __repr__(self) -> str:
-        return f"SpikeSlabPrior(slab_var={self.slab_var:.4g}, spike_ratio={self.spike_ratio:g}, pi={self.pi:g})"
-
-    def _logit(self, sq: Tensor, k: int) -> Tensor:
-        return (self.log_odds + 0.5 * sq * (1.0 / self.spike_var - 1.0 / self.slab_var)
-                - 0.5 * k * math.log(self.slab_var / self.spike_var))
-
-    def logit(self, w: Tensor) -> Tensor:
-        """ℓ = log P(slab | w) − log P(spike | w), float64, shape w.shape[:-1]."""
-        return self._logit(w.pow(2).sum(-1, dtype=torch.float64), w.shape[-1])
-
-    def log_prob(self, w: Tensor) -> Tensor:
-        """log p(w) per unit (differentiable), in w's dtype: log of the spike term plus softplus of the logit.
-
-        Its autograd gradient cancels −w/s0² against r·w/s0², losing (s1/s0)²·eps relative; ``score`` does not."""
-        k = w.shape[-1]
-        sq = w.pow(2).sum(-1, dtype=torch.float64)     # one float64 node, so both terms' gradients meet in float64
-        log_spike = (math.log1p(-self.pi) - 0.5 * sq / self.spike_var
-                     - 0.5 * k * math.log(2 * math.pi * self.spike_var))
-        a = self._logit(sq, k)
-        # softplus as logaddexp(a, 0): F.softplus turns linear above 20, biasing the gradient by e^-20·(s1/s0)²
-        return (log_spike + torch.logaddexp(a, torch.zeros_like(a))).to(w.dtype)
-
-    def responsibility(self, w: Tensor) -> Tensor:
-        """r = P(slab | w) per unit, in w's dtype."""
-        return torch.sigmoid(self.logit(w.detach())).to(w.dtype)
-
-    def score(self, w: Tensor) -> tuple[Tensor, Tensor]:
-        """(∇_w log p(w), r): the closed form −(r/s1² + (1 − r)/s0²)·w and the responsibilities."""
-        r = torch.sigmoid(self.logit(w.detach()))
-        coef = r / self.slab_var + (1.0 - r) / self.spike_var
-        return -(coef.to(w.dtype).unsqueeze(-1) * w.detach()), r.to(w.dtype)
+        warnings.warn("fastbayes.dllp.SpikeSlabPrior is deprecated: use fastbayes.distributions.SpikeSlab",
+                      DeprecationWarning, stacklevel=2)
+        super().__init__(slab_var, spike_ratio, pi)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -161,7 +118,7 @@ class _Layer:
     bias: Optional[str]
     bn: Optional[str]          # a BatchNorm right after the layer: its affine entries are zeroed with the unit
     bn_affine: bool
-    prior: SpikeSlabPrior
+    prior: SpikeSlab
 
 
 def _find_layers(model: nn.Module, prunable, slab_var, spike_ratio, pi) -> list[_Layer]:
@@ -194,7 +151,7 @@ def _find_layers(model: nn.Module, prunable, slab_var, spike_ratio, pi) -> list[
         units = m.weight.shape[0]
         fan_in = m.weight[0].numel()
         var = slab_var.get(name) if isinstance(slab_var, Mapping) else slab_var
-        prior = SpikeSlabPrior(2.0 / fan_in if var is None else var, spike_ratio, pi)
+        prior = SpikeSlab(2.0 / fan_in if var is None else var, spike_ratio, pi)
         bn = following_bn(model, name, units)
         affine = bn is not None and modules[bn].weight is not None
         out.append(_Layer(name, units, fan_in, f"{name}.weight", f"{name}.bias" if m.bias is not None else None,
@@ -251,30 +208,21 @@ def unit_layers(model: nn.Module, prunable=None) -> dict[str, int]:
 
 def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> nn.Module:
     """A copy of ``model`` with the pruned units (mask False) zeroed: their weight rows, bias entries and, when a
-    BatchNorm follows the layer, its affine entries, so the unit outputs exactly 0 after the BatchNorm too."""
-    layers = _find_layers(model, list(masks), None, DEFAULT_SPIKE_RATIO, DEFAULT_PI)
-    masks = _check_masks(layers, masks)
-    out = copy.deepcopy(model)
-    _zero_units(layers, masks, dict(out.named_parameters()), 0)
-    return out
+    BatchNorm follows the layer, its affine entries, so the unit outputs exactly 0 after the BatchNorm too
+    (``fastbayes.prune.apply_masks`` on the prunable layers; ``compact(model, x, masks=masks)`` equals it)."""
+    layers = _find_layers(model, list(masks) if isinstance(masks, Mapping) else masks, None, DEFAULT_SPIKE_RATIO,
+                          DEFAULT_PI)
+    return prune_apply_masks(model, _check_masks(layers, masks))
 
 
 def compact_masked(model: nn.Module, masks: Mapping[str, Tensor], example_inputs, *, check: bool = True) -> nn.Module:
-    """A physically smaller plain module equal to ``apply_masks(model, masks)``, by ``fastbayes.prune.compact``.
-
-    The masks go into deterministic gates (a LogNormalGate with μ = 0 and log σ at its clamp −20, whose E[θ] is 1 to
-    within 2e-9, so its eval-mode scale is the mask), placed after a following BatchNorm where there is one so the
-    channel can be removed; compact() then folds and removes them.  A layer keeps at least one unit.
-    """
-    from .nn import add_gates
-    from .prune.compact import compact
-    from .reference.gate_stats import LOG_SIGMA_MIN
-
-    masked = apply_masks(model, masks)
-    for name, keep in masks.items():
-        (gate,) = add_gates(masked, layers=[name], placement="bn", init_log_sigma=LOG_SIGMA_MIN).values()
-        gate.mask.copy_(keep.to(gate.mask.device))
-    return compact(masked, example_inputs, min_units=1, check=check)
+    """Deprecated: ``fastbayes.prune.compact(model, example_inputs, masks=masks)`` (the same result)."""
+    warnings.warn("fastbayes.dllp.compact_masked is deprecated: use fastbayes.prune.compact(model, example_inputs, "
+                  "masks=masks)", DeprecationWarning, stacklevel=2)
+    if not isinstance(masks, Mapping):
+        raise ValueError(f"masks must be a dict {{layer name: bool tensor}}, got {type(masks).__name__}")
+    layers = _find_layers(model, list(masks), None, DEFAULT_SPIKE_RATIO, DEFAULT_PI)
+    return compact_model(model, example_inputs, masks=_check_masks(layers, masks), check=check)
 
 
 @torch.no_grad()
@@ -505,6 +453,16 @@ class ParticleEnsemble:
         if bandwidth is not None and bandwidth_scale != 1.0:
             raise ValueError("bandwidth_scale applies to the median heuristic only; pass bandwidth=None with it")
         n_data = len(x) if num_examples is None else _posint("num_examples", num_examples)
+        with torch.no_grad():     # the class count, before anything changes (cross_entropy would IndexError)
+            out = self(x[:1].to(self.device))
+        if out.dim() < 3:
+            raise ValueError(f"the network must output class scores [batch, classes, ...], got shape "
+                             f"{tuple(out.shape[1:])} per particle")
+        classes = out.shape[2]
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= classes:
+            raise ValueError(f"data labels must be class indices in [0, {classes}) (the network has {classes} "
+                             f"outputs), got labels in [{lo}, {hi}]")
         from .svgd import SVGD
         from .reference.svgd import kernel_from_dists, pairwise_sq_dists
 
@@ -591,21 +549,11 @@ class ParticleEnsemble:
 
     @torch.no_grad()
     def consensus_mask(self, threshold: float = 0.5, min_units: int = 1) -> dict[str, Tensor]:
-        """{layer: bool [units]}, True = kept: a unit is pruned when its mean slab responsibility over the particles is
-        below ``threshold``; each layer keeps at least ``min_units`` units (those with the highest mean)."""
-        threshold = _finite("threshold", threshold)
-        if not 0 < threshold < 1:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-        _posint("min_units", min_units, 0)
-        out = {}
-        for name, r in self.responsibilities().items():
-            mean = r.double().mean(0).cpu()
-            keep = mean >= threshold
-            need = min(min_units, keep.numel())
-            if int(keep.sum()) < need:
-                keep[torch.topk(mean, need).indices] = True
-            out[name] = keep
-        return out
+        """{layer: bool [units]}, True = kept: the "consensus" criterion of ``fastbayes.prune.CRITERIA`` (a unit is
+        pruned when its mean slab responsibility over the particles is below ``threshold``); each layer keeps at
+        least ``min_units`` units (those with the highest mean)."""
+        return {name: d.keep for name, d in decide(self, "consensus", threshold=threshold,
+                                                   min_units=min_units).items()}
 
     def pruned(self, masks: Optional[Mapping[str, Tensor]] = None, *, compact: bool = False,
                example_inputs=None) -> "ParticleEnsemble":
@@ -619,7 +567,7 @@ class ParticleEnsemble:
         if compact:
             if example_inputs is None:
                 raise ValueError("example_inputs is required with compact=True")
-            small = [compact_masked(self.particle(i), masks, example_inputs) for i in range(self.n_particles)]
+            small = [compact_model(self.particle(i), example_inputs, masks=masks) for i in range(self.n_particles)]
             return ParticleEnsemble.from_modules(small, [l.name for l in self.layers],
                                                  pi=self.layers[0].prior.pi,
                                                  spike_ratio=self.layers[0].prior.spike_ratio,
@@ -632,88 +580,31 @@ class ParticleEnsemble:
         """A single compact network: the particle mean with ``masks`` (default ``consensus_mask()``) applied and the
         pruned units removed by ``fastbayes.prune.compact``."""
         masks = _check_masks(self.layers, self.consensus_mask() if masks is None else masks)
-        return compact_masked(self.mean_module(), masks, example_inputs)
+        return compact_model(self.mean_module(), example_inputs, masks=masks)
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# reliability
-
-def _check_logits(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    if not isinstance(logits, Tensor) or not logits.is_floating_point() or logits.dim() != 3:
-        raise ValueError("logits must be a floating tensor [n_particles, N, classes], got "
-                         f"{tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__}")
-    n, N, C = logits.shape
-    if n < 1 or N < 1 or C < 2:
-        raise ValueError(f"logits need n_particles >= 1, N >= 1 and classes >= 2, got {tuple(logits.shape)}")
-    if not isinstance(labels, Tensor) or labels.is_floating_point() or labels.shape != (N,):
-        raise ValueError(f"labels must be an integer tensor of shape ({N},), got "
-                         f"{tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__}")
-    labels = labels.long().to(logits.device)
-    if int(labels.min()) < 0 or int(labels.max()) >= C:
-        raise ValueError(f"labels must be class indices in [0, {C})")
-    if not bool(torch.isfinite(logits).all()):
-        raise ValueError("logits must be finite")
-    return logits.detach().double(), labels
-
+# reliability (the metrics live in fastbayes.metrics; these names are deprecated aliases)
 
 def predictive_mean(logits: Tensor) -> Tensor:
-    """The predictive distribution (1/n) Σ_j softmax(logits_j), [N, classes], from logits [n_particles, N, classes]."""
-    if not isinstance(logits, Tensor) or logits.dim() != 3:
-        raise ValueError("logits must be a tensor [n_particles, N, classes]")
-    logp = torch.log_softmax(logits.detach().double(), -1)
-    return (torch.logsumexp(logp, 0) - math.log(logp.shape[0])).exp()
-
-
-def _ece(probs: Tensor, labels: Tensor, n_bins: int) -> float:
-    from ._compat import import_torchvision
-    try:   # torchmetrics imports torchvision when present; the shim lets the CUDA-only wheel load on CPU torch
-        import_torchvision()
-    except ImportError:
-        pass
-    from torchmetrics.classification import MulticlassCalibrationError
-
-    metric = MulticlassCalibrationError(num_classes=probs.shape[-1], n_bins=n_bins, norm="l1").to(probs.device)
-    return float(metric(probs, labels))
+    """Deprecated alias of ``fastbayes.metrics.predictive_mean``."""
+    warnings.warn("fastbayes.dllp.predictive_mean is deprecated: use fastbayes.metrics.predictive_mean",
+                  DeprecationWarning, stacklevel=2)
+    return metrics.predictive_mean(logits)
 
 
 def reliability_report(logits: Tensor, labels: Tensor, n_bins: int = N_BINS) -> dict:
-    """Reliability of an ensemble from its logits [n_particles, N, classes] on held-out ``labels`` [N].
+    """Deprecated alias of ``fastbayes.metrics.reliability_report``."""
+    warnings.warn("fastbayes.dllp.reliability_report is deprecated: use fastbayes.metrics.reliability_report",
+                  DeprecationWarning, stacklevel=2)
+    return metrics.reliability_report(logits, labels, n_bins)
 
-    Returns floats (computed in float64; entropies in nats, averaged over examples):
 
-    * ``accuracy``: of the predictive mean p̄ = (1/n) Σ_j softmax(logits_j);
-    * ``predictive_entropy`` H[p̄], ``expected_entropy`` (1/n) Σ_j H[p_j] and ``mutual_information`` = their
-      difference (the epistemic part; 0 for one particle or identical particles);
-    * ``ece``: expected calibration error of p̄, torchmetrics ``MulticlassCalibrationError`` (``n_bins`` equal bins,
-      L1); ``nll`` = −mean log p̄(y); ``brier`` = mean Σ_c (p̄_c − 1[c = y])² (the multi-class Brier score, in [0, 2]);
-    * ``accuracy_mean``, ``accuracy_std`` (sample std, ddof 1; 0 for one particle) and ``accuracy_ci95``: the 2.5 %
-      and 97.5 % quantiles (linear interpolation) of the particles' accuracies;
-    * ``n_particles``, ``n_examples``.
-    """
-    _posint("n_bins", n_bins)
-    logits, labels = _check_logits(logits, labels)
-    n, N, C = logits.shape
-    logp = torch.log_softmax(logits, -1)                                   # [n, N, C]
-    log_mean = torch.logsumexp(logp, 0) - math.log(n)                      # [N, C]
-    mean = log_mean.exp()
-    h_pred = -(mean * log_mean).sum(-1)         # log-softmax of finite logits is finite: no 0·log 0
-    h_exp = -(logp.exp() * logp).sum(-1).mean(0)
-    mi = (h_pred - h_exp).clamp_min(0.0)
-    nll = -log_mean.gather(1, labels[:, None]).squeeze(1)
-    brier = (mean - F.one_hot(labels, C).double()).pow(2).sum(-1)
-    acc_p = (logp.argmax(-1) == labels).double().mean(1)                   # [n]
-    ci = torch.quantile(acc_p, torch.tensor([0.025, 0.975], dtype=torch.float64, device=acc_p.device))
-    return {
-        "n_particles": n, "n_examples": N,
-        "accuracy": float((mean.argmax(-1) == labels).double().mean()),
-        "accuracy_mean": float(acc_p.mean()),
-        "accuracy_std": float(acc_p.std(correction=1)) if n > 1 else 0.0,
-        "accuracy_ci95": [float(ci[0]), float(ci[1])],
-        "ece": _ece(mean, labels, n_bins),
-        "nll": float(nll.mean()), "brier": float(brier.mean()),
-        "predictive_entropy": float(h_pred.mean()), "expected_entropy": float(h_exp.mean()),
-        "mutual_information": float(mi.mean()),
-    }
+def plot_reliability_diagram(probs, labels: Tensor, path, n_bins: int = N_BINS, title: Optional[str] = None) -> Path:
+    """Deprecated alias of ``fastbayes.metrics.plot_reliability_diagram``."""
+    warnings.warn("fastbayes.dllp.plot_reliability_diagram is deprecated: use "
+                  "fastbayes.metrics.plot_reliability_diagram", DeprecationWarning, stacklevel=2)
+    return metrics.plot_reliability_diagram(probs, labels, path, n_bins, title)
 
 
 @torch.no_grad()
@@ -742,67 +633,8 @@ def compare_with_point_estimate(ensemble: ParticleEnsemble, model: nn.Module, x:
     masks = _check_masks(ensemble.layers, ensemble.consensus_mask() if masks is None else masks)
     point = apply_masks(model, magnitude_masks(model, masks))
     return {"sparsity": sparsity(masks), "kept_per_layer": {k: int(v.sum()) for k, v in masks.items()},
-            "dllp": reliability_report(ensemble.pruned(masks).predict(x, batch_size), y, n_bins),
-            "point_estimate": reliability_report(predict_logits(point, x, batch_size), y, n_bins)}
-
-
-def _bins(probs: Tensor, labels: Tensor, n_bins: int):
-    """Per equal-width confidence bin: (accuracy, mean confidence, fraction of examples), torchmetrics' binning."""
-    conf, pred = probs.max(-1)
-    correct = (pred == labels).double()
-    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
-    idx = (torch.bucketize(conf.double(), edges, right=True) - 1).clamp(0, n_bins - 1)
-    count = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, idx, torch.ones_like(conf.double()))
-    acc = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, idx, correct) / count.clamp_min(1)
-    cbin = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, idx, conf.double()) / count.clamp_min(1)
-    return acc, cbin, count / count.sum(), edges
-
-
-def plot_reliability_diagram(probs, labels: Tensor, path, n_bins: int = N_BINS, title: Optional[str] = None) -> Path:
-    """Reliability diagram (accuracy against confidence per bin, with the diagonal of perfect calibration) above a
-    histogram of the confidences, written as a PNG to ``path``.
-
-    ``probs`` is a predictive distribution [N, classes] (e.g. ``predictive_mean(logits)``) or {name: [N, classes]}
-    to overlay several models (e.g. the DLLP ensemble and the hard-pruned point estimate).  The legend gives each
-    model's ECE on these bins."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    _posint("n_bins", n_bins)
-    series = probs if isinstance(probs, Mapping) else {"model": probs}
-    if not series:
-        raise ValueError("probs must be a tensor [N, classes] or a non-empty dict of them")
-    labels = labels.detach().cpu().long()
-    for name, p in series.items():
-        if not isinstance(p, Tensor) or p.dim() != 2 or p.shape[0] != labels.shape[0]:
-            raise ValueError(f"probs[{name!r}] must be a tensor [N, classes] with N = len(labels) = {len(labels)}")
-    fig, (ax, axh) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    width = 1.0 / n_bins
-    ax.plot([0, 1], [0, 1], "--", color="#888888", lw=1, label="perfect calibration")
-    colors = ["#3a7bd5", "#c0392b", "#27ae60", "#8e44ad", "#e67e22", "#16a085"]
-    for k, (name, p) in enumerate(series.items()):
-        acc, conf, frac, edges = _bins(p.detach().cpu().double(), labels, n_bins)
-        ece = float((frac * (acc - conf).abs()).sum())
-        w = width / len(series)
-        centers = edges[:-1] + w * (k + 0.5)
-        c = colors[k % len(colors)]
-        ax.bar(centers.numpy(), acc.numpy(), width=w, color=c, alpha=0.75, edgecolor="black", lw=0.3,
-               label=f"{name} (ECE {ece:.4f})")
-        axh.bar(centers.numpy(), frac.numpy(), width=w, color=c, alpha=0.75)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("accuracy")
-    ax.set_title(title or f"reliability diagram ({n_bins} bins)")
-    ax.legend(fontsize=8, loc="upper left")
-    axh.set_xlabel("confidence (max predicted probability)")
-    axh.set_ylabel("fraction")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+            "dllp": metrics.reliability_report(ensemble.pruned(masks).predict(x, batch_size), y, n_bins),
+            "point_estimate": metrics.reliability_report(predict_logits(point, x, batch_size), y, n_bins)}
 
 
 __all__ = ["ParticleEnsemble", "SpikeSlabPrior", "apply_masks", "compact_masked", "compare_with_point_estimate",

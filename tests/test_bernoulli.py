@@ -5,6 +5,7 @@ import copy
 import io
 import math
 import os
+import warnings
 
 import pytest
 import torch
@@ -409,12 +410,76 @@ def test_prior_loss_sets_missing_scale_and_refuses_models_without_gates():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(num_features=0), "num_features"), (dict(dim=0), "dim"), (dict(init_theta=1.5), "init_theta"),
     (dict(sigma1=-1.0), "sigma1"), (dict(sigma0_ratio=2.0), "sigma0_ratio"), (dict(kl_weight=-1.0), "kl_weight"),
+    (dict(slab_var=0.0), "slab_var"), (dict(slab_var=float("inf")), "slab_var"), (dict(spike_ratio=1.0), "spike_ratio"),
+    (dict(spike_ratio=-0.1), "spike_ratio"), (dict(slab_var=1.0, sigma1=1.0), "sigma1"),
+    (dict(spike_ratio=0.2, sigma0_ratio=0.3), "sigma0_ratio"),
 ])
 def test_gate_bad_arguments(kwargs, match):
     args = dict(num_features=4)
     args.update(kwargs)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         B.BernoulliGate(**args)
+    with pytest.raises(TypeError, match="sigma2"):
+        B.BernoulliGate(4, sigma2=1.0)
+
+
+def test_old_prior_names_are_deprecated_aliases():
+    new = B.BernoulliGate(3, slab_var=0.25, spike_ratio=0.2)
+    with pytest.warns(DeprecationWarning, match="sigma1"):
+        old = B.BernoulliGate(3, sigma1=0.5, spike_ratio=0.2)
+    assert torch.equal(old.log_var1, new.log_var1) and torch.equal(old.log_var0, new.log_var0)
+    with pytest.warns(DeprecationWarning, match="sigma0_ratio"):
+        old = B.BernoulliGate(3, slab_var=0.25, sigma0_ratio=0.2)
+    assert old.spike_ratio == 0.2 and torch.equal(old.log_var0, new.log_var0)
+    with pytest.warns(DeprecationWarning, match="spike_ratio"):
+        assert old.sigma0_ratio == 0.2
+    g = B.BernoulliGate(3)
+    assert g.prior is None
+    g.set_prior_scale(0.5)                       # σ1, as before
+    assert torch.equal(g.log_var1, torch.tensor(math.log(0.25)))
+    assert (g.prior.slab_var, g.prior.spike_ratio) == pytest.approx((0.25, 0.1))
+    assert float(g.log_var0) == pytest.approx(math.log(0.25 * 0.01), rel=1e-6)     # a float32 buffer
+
+
+def test_checkpoints_with_the_old_option_names_load(tmp_path):
+    """A checkpoint written before the rename stores the constructor option sigma0_ratio; it loads as spike_ratio."""
+    from fastbayes import checkpoint
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2))
+    (gate,) = fb.add_gates(m, "bernoulli", spike_ratio=0.3).values()
+    with torch.no_grad():
+        gate.theta.copy_(torch.tensor([1.0, 0.2, 0.7, 0.0]))
+        gate.mask[3] = False
+    checkpoint.save(tmp_path / "new.pt", m)
+    state = torch.load(tmp_path / "new.pt", weights_only=False)
+    assert state["gates"][0]["options"]["spike_ratio"] == 0.3 and "sigma0_ratio" not in state["gates"][0]["options"]
+    state["gates"][0]["options"]["sigma0_ratio"] = state["gates"][0]["options"].pop("spike_ratio")
+    torch.save(state, tmp_path / "old.pt")
+    fresh = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.warns(DeprecationWarning, match="sigma0_ratio"):
+        loaded = checkpoint.load(tmp_path / "old.pt", fresh)
+    loaded = loaded[0] if isinstance(loaded, tuple) else loaded
+    (g2,) = fb.nn.gates(loaded).values()
+    assert isinstance(g2, B.BernoulliGate) and g2.spike_ratio == 0.3
+    for k, v in m.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+
+def test_prior_loss_is_the_spike_slab_component_costs():
+    """prior_loss = Σ θ·c1 + (1 − θ)·c0 with c1, c0 the SpikeSlab's component costs of each unit's weight row and
+    bias: the gate and DLLP share one prior."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2))
+    (gate,) = fb.add_gates(m, "bernoulli", spike_ratio=0.2).values()
+    with torch.no_grad():
+        gate.theta.copy_(torch.tensor([1.0, 0.3, 0.6, 0.0]))
+    prior = gate.prior
+    assert isinstance(prior, fb.distributions.SpikeSlab) and prior.slab_var == pytest.approx(2 / 5)
+    w = torch.cat([m[0].weight, m[0].bias[:, None]], 1).detach().double()
+    th = gate.theta.detach().double()
+    expect = (th * prior.nll_slab(w) + (1 - th) * prior.nll_spike(w)).sum()
+    assert float(B.prior_loss(m).detach()) == pytest.approx(float(expect), rel=1e-5)
 
 
 def test_exact_theta_grad():

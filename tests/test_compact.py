@@ -458,3 +458,116 @@ def test_onnx_export(tmp_path):
     checkpoint.export(small, x, onnx_path=tmp_path / "small.onnx")
     import onnx
     onnx.checker.check_model(onnx.load(tmp_path / "small.onnx"))
+
+
+# --------------------------------------------------------------------------------------------- explicit masks
+
+class KwNet(nn.Module):
+    """A model called with keyword arguments, with a BatchNorm after its conv and a residual-free head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc, self.out = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Linear(8, 6), nn.Linear(6, 2)
+
+    def forward(self, image, scale=1.0):
+        h = F.relu(self.bn(self.conv(image))).mean((2, 3))
+        return self.out(F.relu(self.fc(h))) * scale
+
+
+@torch.no_grad()
+def _zeroed(model, masks):
+    """The masked model written out by hand: weight rows and biases of masked units, and the BatchNorm's affine."""
+    ref = copy.deepcopy(model)
+    for name, keep in masks.items():
+        layer = dict(ref.named_modules())[name]
+        layer.weight[~keep] = 0
+        if layer.bias is not None:
+            layer.bias[~keep] = 0
+        if name == "conv":
+            ref.bn.weight[~keep] = 0
+            ref.bn.bias[~keep] = 0
+    return ref
+
+
+@pytest.mark.parametrize("form", ["dict", "tuple", "list"])
+def test_masks_on_a_plain_model(form):
+    torch.manual_seed(0)
+    m = KwNet()
+    randomize(m, torch.Generator().manual_seed(1))
+    m.eval()
+    x = torch.randn(2, 3, 6, 6)
+    inputs = {"dict": {"image": x, "scale": 2.0}, "tuple": (x, 2.0), "list": [x, 2.0]}[form]
+    masks = {"conv": torch.tensor([1, 0, 1, 1, 0, 0, 1, 1], dtype=torch.bool),
+             "fc": torch.tensor([0, 1, 1, 0, 1, 1], dtype=torch.bool)}
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    small = fb.prune.compact(m, inputs, masks=masks)
+    assert (small.conv.out_channels, small.bn.num_features, small.fc.in_features, small.fc.out_features,
+            small.out.in_features) == (5, 5, 5, 4, 4)
+    torch.testing.assert_close(small(x, 2.0), _zeroed(m, masks)(x, 2.0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fb.prune.apply_masks(m, masks)(x, 2.0), _zeroed(m, masks)(x, 2.0), rtol=0, atol=0)
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())     # the source is untouched
+    assert fb.prune.measure(small, inputs, repeats=1, warmup=0, min_time=0)["params"] < fb.prune.count_params(m)
+
+
+def test_masks_combine_with_gates():
+    torch.manual_seed(0)
+    m = MLP((5, 7, 6, 3)).eval()
+    gates = fb.add_gates(m)
+    with torch.no_grad():
+        gates["layers.0"].mask[:2] = False
+    x = torch.randn(4, 5)
+    masks = {"layers.0": torch.arange(7) != 3, "layers.1": torch.arange(6) >= 2}
+    small = fb.prune.compact(m, x, masks=masks)
+    assert small.layers[0].out_features == 4 and small.layers[1].out_features == 4
+    with torch.no_grad():       # the same decisions as gate masks (on m itself: see nn/gates.py's eval cache)
+        gates["layers.0"].mask[3] = False
+        gates["layers.1"].mask[:2] = False
+    m.eval()
+    torch.testing.assert_close(small(x), m(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("masks, match", [
+    ({"nope": torch.ones(8, dtype=torch.bool)}, "nope"),
+    ({"conv": torch.ones(7, dtype=torch.bool)}, r"masks\['conv'\].*\(8,\)"),
+    ({"conv": torch.ones(8)}, r"masks\['conv'\].*bool"),
+    ({"": torch.ones(8, dtype=torch.bool)}, "KwNet"),
+    ([torch.ones(8, dtype=torch.bool)], "dict")])
+def test_bad_masks_change_nothing(masks, match):
+    m = KwNet().eval()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        fb.prune.compact(m, torch.randn(1, 3, 6, 6), masks=masks)
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+
+def test_warns_naming_layers_whose_masked_units_stay():
+    """Per-layer gates before an ungated BatchNorm (BMRS's ResNet setting without placement='bn'): the masks prune
+    but compact() can remove nothing there, and says so; after the BatchNorm, nothing to say."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    for placement, expect in [("output", True), ("bn", False)]:
+        m = TinyRes() if expect else KwNet()
+        fb.add_gates(m, placement=placement)
+        randomize(m, torch.Generator().manual_seed(0))
+        rep = fb.prune.update_masks(m, "snr")
+        assert rep.kept < rep.total
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            small = fb.prune.compact(m, x)
+        msgs = [str(w.message) for w in caught if "could not remove" in str(w.message)]
+        assert_nothing_lost(m, small, x)
+        if expect:
+            assert len(msgs) == 1 and "'stem'" in msgs[0] and "'bn0'" in msgs[0] and "not gated" in msgs[0]
+        else:
+            assert msgs == [] and n_params(small) < n_params(m), msgs
+    # per-layer gates after the BatchNorms of a residual block disagree: the block's channels stay
+    m = TinyRes()
+    fb.add_gates(m, placement="bn")
+    randomize(m, torch.Generator().manual_seed(0))
+    fb.prune.update_masks(m, "snr")
+    with pytest.warns(UserWarning, match=r"'bn2' \(\d+ of \d+ masked units kept: coupled layers .*'bn0'"):
+        fb.prune.compact(m, x)
+    # explicit masks on a layer whose channels reach the model's output
+    m = MLP((4, 5, 3)).eval()
+    with pytest.warns(UserWarning, match=r"'layers.1'.*outputs of the model"):
+        fb.prune.compact(m, torch.randn(2, 4), masks={"layers.1": torch.tensor([True, False, True])})

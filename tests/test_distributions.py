@@ -9,7 +9,7 @@ import scipy.stats as ss
 import torch
 from torch.distributions import kl_divergence
 
-from fastbayes.distributions import LogUniform, TruncatedLogNormal
+from fastbayes.distributions import LogUniform, SpikeSlab, TruncatedLogNormal
 from fastbayes.reference import gate_stats as gs
 
 A, B = -20.0, 0.0
@@ -383,3 +383,80 @@ def test_bad_arguments():
         q.icdf(torch.tensor(1.5))
     with pytest.raises(ValueError):
         q.log_prob(torch.tensor(2.0))          # outside the support [e^-20, 1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the spike-and-slab prior
+
+def _direct_log_prob(w, s1, s0, pi):
+    """log[π N(w; 0, s1²I) + (1 − π) N(w; 0, s0²I)] written out, float64."""
+    k = w.shape[-1]
+    sq = w.pow(2).sum(-1)
+    l1 = math.log(pi) - sq / (2 * s1 ** 2) - k * math.log(math.sqrt(2 * math.pi) * s1)
+    l0 = math.log1p(-pi) - sq / (2 * s0 ** 2) - k * math.log(math.sqrt(2 * math.pi) * s0)
+    return torch.logaddexp(l1, l0), torch.sigmoid(l1 - l0)
+
+
+@pytest.mark.parametrize("pi, ratio", [(0.5, 1e-2), (0.2, 0.1), (0.9, 1e-3)])
+def test_spike_slab_score_matches_autograd(pi, ratio):
+    torch.manual_seed(0)
+    k, s1 = 7, 0.3
+    prior = SpikeSlab(s1 ** 2, ratio, pi)
+    s0 = ratio * s1
+    # units spanning spike-dominated, boundary and slab-dominated regimes: rows of random direction whose ‖w‖² is
+    # c times the ‖w‖² of equal responsibility (logit 0), c from 1e-2 to 1e2 and densely around 1
+    sq_half = (k * math.log(s1 / s0) - math.log(pi / (1 - pi))) / (0.5 / s0 ** 2 - 0.5 / s1 ** 2)
+    c = torch.cat([torch.logspace(-2, 2, 41, dtype=torch.float64), torch.linspace(0.95, 1.05, 11, dtype=torch.float64)])
+    base = torch.randn(3, len(c), k, dtype=torch.float64)
+    base = base / base.norm(dim=-1, keepdim=True)
+    w = (base * (c * sq_half).sqrt()[:, None]).requires_grad_(True)
+    lp = prior.log_prob(w)
+    (auto,) = torch.autograd.grad(lp.sum(), w)
+    score, r = prior.score(w)
+    # autograd cancels −w/s0² + r·w/s0² (loses (s1/s0)²·eps relative), the closed form does not
+    torch.testing.assert_close(score, auto, rtol=1e-8, atol=1e-12)
+    ref_lp, ref_r = _direct_log_prob(w.detach(), s1, s0, pi)
+    torch.testing.assert_close(lp.detach(), ref_lp, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(r, ref_r, rtol=1e-10, atol=1e-12)
+    assert r.min() < 1e-3 and r.max() > 1 - 1e-3 and ((r > 0.05) & (r < 0.95)).any()   # all regimes visited
+    torch.testing.assert_close(prior.responsibility(w), r)
+
+
+def test_spike_slab_is_stable_far_in_both_tails():
+    prior = SpikeSlab(2.0 / 800)
+    w = torch.cat([torch.zeros(1, 801), torch.full((1, 801), 10.0), torch.full((1, 801), 1e-30)]).float()
+    score, r = prior.score(w)
+    lp = prior.log_prob(w)
+    assert torch.isfinite(score).all() and torch.isfinite(lp).all() and torch.isfinite(r).all()
+    assert r.tolist() == [0.0, 1.0, 0.0]
+    # slab-dominated: the score is the slab's −w/s1²
+    torch.testing.assert_close(score[1], -w[1] / prior.slab_var)
+
+
+
+
+def test_spike_slab_component_costs_and_op_constants():
+    """nll_slab/nll_spike are −log N(w; 0, σ²I) (scipy), and log_var1/log_var0 are what scale_mixture_prior takes."""
+    import scipy.stats as ss
+    prior = SpikeSlab(0.09, spike_ratio=0.2, pi=0.3)
+    w = torch.randn(3, 5, dtype=torch.float64)
+    s1, s0 = 0.3, 0.06
+    ref1 = -ss.norm(0, s1).logpdf(w.numpy()).sum(-1)
+    ref0 = -ss.norm(0, s0).logpdf(w.numpy()).sum(-1)
+    np.testing.assert_allclose(prior.nll_slab(w).numpy(), ref1, rtol=1e-12)
+    np.testing.assert_allclose(prior.nll_spike(w).numpy(), ref0, rtol=1e-12)
+    assert prior.log_var1 == pytest.approx(2 * math.log(s1), rel=1e-14)
+    assert prior.log_var0 == pytest.approx(2 * math.log(s0), rel=1e-14)
+    assert prior.spike_var == pytest.approx(s0 ** 2, rel=1e-14)
+    # the mixture's log density and the two components agree: log p = logaddexp(log π − c1, log(1 − π) − c0)
+    torch.testing.assert_close(prior.log_prob(w), torch.logaddexp(math.log(0.3) - prior.nll_slab(w),
+                                                                 math.log(0.7) - prior.nll_spike(w)))
+
+
+@pytest.mark.parametrize("kwargs, name", [({"slab_var": 0.0}, "slab_var"), ({"slab_var": float("nan")}, "slab_var"),
+                                          ({"slab_var": 1.0, "spike_ratio": 1.0}, "spike_ratio"),
+                                          ({"slab_var": 1.0, "spike_ratio": 0.0}, "spike_ratio"),
+                                          ({"slab_var": 1.0, "pi": 1.0}, "pi"), ({"slab_var": True}, "slab_var")])
+def test_spike_slab_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        SpikeSlab(**kwargs)

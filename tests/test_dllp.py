@@ -9,138 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastbayes as fb
-from fastbayes import dllp
+from fastbayes import dllp, metrics
 from fastbayes.apps.models import MLP, LeNet5
+from fastbayes.distributions import SpikeSlab
 from models import ConvBN
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the spike-and-slab prior
-
-def _direct_log_prob(w, s1, s0, pi):
-    """log[π N(w; 0, s1²I) + (1 − π) N(w; 0, s0²I)] written out, float64."""
-    k = w.shape[-1]
-    sq = w.pow(2).sum(-1)
-    l1 = math.log(pi) - sq / (2 * s1 ** 2) - k * math.log(math.sqrt(2 * math.pi) * s1)
-    l0 = math.log1p(-pi) - sq / (2 * s0 ** 2) - k * math.log(math.sqrt(2 * math.pi) * s0)
-    return torch.logaddexp(l1, l0), torch.sigmoid(l1 - l0)
-
-
-@pytest.mark.parametrize("pi, ratio", [(0.5, 1e-2), (0.2, 0.1), (0.9, 1e-3)])
-def test_prior_score_matches_autograd(pi, ratio):
-    torch.manual_seed(0)
-    k, s1 = 7, 0.3
-    prior = dllp.SpikeSlabPrior(s1 ** 2, ratio, pi)
-    s0 = ratio * s1
-    # units spanning spike-dominated, boundary and slab-dominated regimes: rows of random direction whose ‖w‖² is
-    # c times the ‖w‖² of equal responsibility (logit 0), c from 1e-2 to 1e2 and densely around 1
-    sq_half = (k * math.log(s1 / s0) - math.log(pi / (1 - pi))) / (0.5 / s0 ** 2 - 0.5 / s1 ** 2)
-    c = torch.cat([torch.logspace(-2, 2, 41, dtype=torch.float64), torch.linspace(0.95, 1.05, 11, dtype=torch.float64)])
-    base = torch.randn(3, len(c), k, dtype=torch.float64)
-    base = base / base.norm(dim=-1, keepdim=True)
-    w = (base * (c * sq_half).sqrt()[:, None]).requires_grad_(True)
-    lp = prior.log_prob(w)
-    (auto,) = torch.autograd.grad(lp.sum(), w)
-    score, r = prior.score(w)
-    # autograd cancels −w/s0² + r·w/s0² (loses (s1/s0)²·eps relative), the closed form does not
-    torch.testing.assert_close(score, auto, rtol=1e-8, atol=1e-12)
-    ref_lp, ref_r = _direct_log_prob(w.detach(), s1, s0, pi)
-    torch.testing.assert_close(lp.detach(), ref_lp, rtol=1e-12, atol=1e-9)
-    torch.testing.assert_close(r, ref_r, rtol=1e-10, atol=1e-12)
-    assert r.min() < 1e-3 and r.max() > 1 - 1e-3 and ((r > 0.05) & (r < 0.95)).any()   # all regimes visited
-    torch.testing.assert_close(prior.responsibility(w), r)
-
-
-def test_prior_is_stable_far_in_both_tails():
-    prior = dllp.SpikeSlabPrior(2.0 / 800)
-    w = torch.cat([torch.zeros(1, 801), torch.full((1, 801), 10.0), torch.full((1, 801), 1e-30)]).float()
-    score, r = prior.score(w)
-    lp = prior.log_prob(w)
-    assert torch.isfinite(score).all() and torch.isfinite(lp).all() and torch.isfinite(r).all()
-    assert r.tolist() == [0.0, 1.0, 0.0]
-    # slab-dominated: the score is the slab's −w/s1²
-    torch.testing.assert_close(score[1], -w[1] / prior.slab_var)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# reliability metrics on hand-made predictions
-
-def test_confident_correct_predictions():
-    y = torch.tensor([0, 2, 1, 2, 0])
-    logits = 200.0 * F.one_hot(y, 3).double()
-    rep = dllp.reliability_report(logits.expand(3, -1, -1), y)
-    assert rep["ece"] == pytest.approx(0.0, abs=1e-7)
-    assert rep["nll"] == pytest.approx(0.0, abs=1e-12)
-    assert rep["brier"] == pytest.approx(0.0, abs=1e-12)
-    assert rep["accuracy"] == rep["accuracy_mean"] == 1.0
-    assert rep["accuracy_std"] == 0.0 and rep["accuracy_ci95"] == [1.0, 1.0]
-    assert rep["mutual_information"] == pytest.approx(0.0, abs=1e-12)
-
-
-def test_uniform_predictions():
-    C = 7
-    y = torch.arange(20) % C
-    rep = dllp.reliability_report(torch.zeros(4, 20, C), y)
-    assert rep["predictive_entropy"] == pytest.approx(math.log(C), rel=1e-12)
-    assert rep["expected_entropy"] == pytest.approx(math.log(C), rel=1e-12)
-    assert rep["mutual_information"] == pytest.approx(0.0, abs=1e-12)
-    assert rep["nll"] == pytest.approx(math.log(C), rel=1e-12)
-    assert rep["brier"] == pytest.approx(1 - 1 / C, rel=1e-12)
-
-
-def test_mutual_information_identical_and_disagreeing_particles():
-    torch.manual_seed(0)
-    y = torch.randint(0, 5, (30,))
-    one = torch.randn(1, 30, 5)
-    rep = dllp.reliability_report(one.expand(6, -1, -1), y)
-    assert rep["mutual_information"] == pytest.approx(0.0, abs=1e-12)
-    assert rep["accuracy_std"] == 0.0
-    assert rep["predictive_entropy"] == pytest.approx(rep["expected_entropy"], rel=1e-12)
-    # two particles, each certain of a different class: H[mean] = log 2, E[H] = 0, so MI = log 2
-    y2 = torch.zeros(4, dtype=torch.long)
-    logits = torch.stack([100.0 * F.one_hot(torch.zeros(4, dtype=torch.long), 3),
-                          100.0 * F.one_hot(torch.ones(4, dtype=torch.long), 3)]).double()
-    rep2 = dllp.reliability_report(logits, y2)
-    assert rep2["mutual_information"] == pytest.approx(math.log(2), rel=1e-10)
-    assert rep2["accuracy_mean"] == 0.5 and rep2["accuracy_std"] == pytest.approx(math.sqrt(0.5))
-    assert rep2["nll"] == pytest.approx(math.log(2), rel=1e-10)
-
-
-def test_hand_computed_ece_nll_brier():
-    # confidences 0.9 (right), 0.9 (wrong), 0.62 (right), 0.75 (right); 15 bins of width 1/15:
-    # 0.9 ∈ [13/15, 14/15) holds two (accuracy ½), 0.62 ∈ [9/15, 10/15), 0.75 ∈ [11/15, 12/15)
-    p = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.62, 0.38], [0.75, 0.25]], dtype=torch.float64)
-    y = torch.tensor([0, 1, 0, 0])
-    rep = dllp.reliability_report(p.log()[None], y)
-    ece = 0.5 * abs(0.9 - 0.5) + 0.25 * abs(0.62 - 1) + 0.25 * abs(0.75 - 1)       # 0.3575
-    assert rep["ece"] == pytest.approx(ece, abs=1e-6)
-    assert rep["nll"] == pytest.approx(-(math.log(0.9) + math.log(0.1) + math.log(0.62) + math.log(0.75)) / 4)
-    assert rep["brier"] == pytest.approx((0.02 + 1.62 + 2 * 0.38 ** 2 + 2 * 0.25 ** 2) / 4)
-    assert rep["accuracy"] == 0.75 and rep["mutual_information"] == 0.0
-
-
-def test_accuracy_spread_across_particles():
-    # four particles with accuracies 1, ¾, ½, ¼ on four examples
-    y = torch.zeros(4, dtype=torch.long)
-    right, wrong = torch.tensor([5.0, 0.0]), torch.tensor([0.0, 5.0])
-    rows = [[right] * 4, [right] * 3 + [wrong], [right] * 2 + [wrong] * 2, [right] + [wrong] * 3]
-    logits = torch.stack([torch.stack(r) for r in rows])
-    rep = dllp.reliability_report(logits, y)
-    accs = torch.tensor([1.0, 0.75, 0.5, 0.25], dtype=torch.float64)
-    assert rep["accuracy_mean"] == pytest.approx(0.625)
-    assert rep["accuracy_std"] == pytest.approx(float(accs.std()))
-    lo, hi = torch.quantile(accs, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    assert rep["accuracy_ci95"] == pytest.approx([lo, hi]) and 0.25 < lo < hi < 1.0
-
-
-def test_reliability_diagram_png(tmp_path):
-    torch.manual_seed(0)
-    logits = torch.randn(3, 50, 4)
-    y = torch.randint(0, 4, (50,))
-    probs = dllp.predictive_mean(logits)
-    assert torch.allclose(probs.sum(-1), torch.ones(50, dtype=torch.float64))
-    path = dllp.plot_reliability_diagram({"a": probs, "b": logits[0].softmax(-1)}, y, tmp_path / "r.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -358,9 +230,9 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="pi"):
         dllp.ParticleEnsemble(model, 2, pi=1.0)
     with pytest.raises(ValueError, match="spike_ratio"):
-        dllp.SpikeSlabPrior(1.0, spike_ratio=1.0)
+        SpikeSlab(1.0, spike_ratio=1.0)
     with pytest.raises(ValueError, match="slab_var"):
-        dllp.SpikeSlabPrior(0.0)
+        SpikeSlab(0.0)
     gated = MLP((6, 5, 3))
     fb.add_gates(gated)
     with pytest.raises(ValueError, match="gates"):
@@ -381,15 +253,15 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="labels"):
         ens.fit((torch.randn(4, 6), torch.zeros(4)))
     with pytest.raises(ValueError, match="logits"):
-        dllp.reliability_report(torch.randn(5, 3), torch.zeros(5, dtype=torch.long))
+        metrics.reliability_report(torch.randn(5, 3), torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="labels"):
-        dllp.reliability_report(torch.randn(2, 5, 3), torch.full((5,), 3))
+        metrics.reliability_report(torch.randn(2, 5, 3), torch.full((5,), 3))
     with pytest.raises(ValueError, match="labels"):
-        dllp.reliability_report(torch.randn(2, 5, 3), torch.zeros(4, dtype=torch.long))
+        metrics.reliability_report(torch.randn(2, 5, 3), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="logits"):
-        dllp.reliability_report(torch.full((2, 5, 3), float("nan")), torch.zeros(5, dtype=torch.long))
+        metrics.reliability_report(torch.full((2, 5, 3), float("nan")), torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="n_bins"):
-        dllp.reliability_report(torch.randn(2, 5, 3), torch.zeros(5, dtype=torch.long), n_bins=0)
+        metrics.reliability_report(torch.randn(2, 5, 3), torch.zeros(5, dtype=torch.long), n_bins=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -465,8 +337,8 @@ def test_per_particle_batches_spread_the_particles():
         assert {"bandwidth", "median_sq_dist", "repulsion_ratio", "rms_spread"} <= set(h[-1])
         assert h[-1]["repulsion_ratio"] > 0 and math.isfinite(h[-1]["repulsion_ratio"])
     assert h_own[-1]["rms_spread"] > h_shared[-1]["rms_spread"]
-    r_shared = dllp.reliability_report(shared.predict(test.x), test.y)
-    r_own = dllp.reliability_report(own.predict(test.x), test.y)
+    r_shared = metrics.reliability_report(shared.predict(test.x), test.y)
+    r_own = metrics.reliability_report(own.predict(test.x), test.y)
     # measured when written: MI 6e-6 (shared) against 7e-3 (own), accuracy std 0 against 0.0066
     assert r_own["mutual_information"] > 100 * r_shared["mutual_information"]
     assert r_own["mutual_information"] > 1e-3 and r_own["accuracy_std"] > r_shared["accuracy_std"]
@@ -501,3 +373,54 @@ def test_bad_diversity_arguments():
                      ({"per_particle_batches": 1}, "per_particle_batches")]:
         with pytest.raises(ValueError, match=name):
             ens.fit(data, **kw)
+
+
+def test_fit_refuses_labels_beyond_the_class_count_before_changing_anything():
+    torch.manual_seed(0)
+    ens = dllp.ParticleEnsemble(MLP((6, 5, 3)), 2)
+    before = {k: v.detach().clone() for k, v in ens.params.items()}
+    for bad in (3, -1):
+        y = torch.tensor([0, 1, 2, bad])
+        with pytest.raises(ValueError, match=r"labels.*\[0, 3\).*3 outputs"):
+            ens.fit((torch.randn(4, 6), y), epochs=1, batch_size=2)
+    assert ens.history == [] and all(p.grad is None for p in ens.params.values())
+    for k, v in ens.params.items():
+        assert torch.equal(v, before[k])
+
+
+def test_consensus_is_the_criterion_and_deprecated_aliases_still_work():
+    torch.manual_seed(0)
+    model = LeNet5(widths=(4, 6, 12))
+    x = torch.rand(2, 1, 28, 28)
+    ens = dllp.ParticleEnsemble(model, 3, noise=0.5)
+    masks = ens.consensus_mask(threshold=0.5, min_units=2)
+    decisions = fb.prune.decide(ens, "consensus", threshold=0.5, min_units=2)
+    for name, r in ens.responsibilities().items():
+        mean = r.double().mean(0)
+        assert torch.equal(decisions[name].statistic, mean) and torch.equal(masks[name], decisions[name].keep)
+        assert int(masks[name].sum()) >= 2
+        assert bool((masks[name] | (mean < 0.5)).all())           # pruned only below the threshold
+    with pytest.raises(ValueError, match="consensus.*particle ensemble.*Linear"):
+        fb.prune.CRITERIA["consensus"](nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="snr.*LogNormalGate.*ParticleEnsemble"):
+        fb.prune.decide(ens, "snr")
+    masks = {"conv1": torch.tensor([True, False, True, True]), "conv2": torch.arange(6) % 2 == 0,
+             "fc1": torch.arange(12) % 3 != 0}
+    net = ens.mean_module()
+    with pytest.warns(DeprecationWarning, match="compact_masked"):
+        old = dllp.compact_masked(net, masks, x)
+    new = fb.prune.compact(net, x, masks=masks)
+    assert [p.shape for p in old.parameters()] == [p.shape for p in new.parameters()]
+    torch.testing.assert_close(old(x), new(x), rtol=0, atol=0)
+    torch.testing.assert_close(new(x), dllp.apply_masks(net, masks)(x), rtol=1e-5, atol=1e-6)
+    logits = ens.predict(x)
+    y = torch.tensor([1, 7])
+    with pytest.warns(DeprecationWarning, match="reliability_report"):
+        assert dllp.reliability_report(logits, y) == metrics.reliability_report(logits, y)
+    with pytest.warns(DeprecationWarning, match="predictive_mean"):
+        assert torch.equal(dllp.predictive_mean(logits), metrics.predictive_mean(logits))
+    with pytest.warns(DeprecationWarning, match="SpikeSlabPrior"):
+        old_prior = dllp.SpikeSlabPrior(0.5, 0.1, 0.3)
+    assert isinstance(old_prior, SpikeSlab) and (old_prior.slab_var, old_prior.spike_ratio, old_prior.pi) == (0.5, 0.1, 0.3)
+    assert isinstance(ens.layers[0].prior, SpikeSlab)
+

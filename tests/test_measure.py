@@ -1,4 +1,5 @@
 """measure(): parameters and FLOPs against hand counts, latency sanity."""
+import pytest
 import torch
 from torch import nn
 
@@ -27,3 +28,36 @@ def test_measure_reports_latency():
     r = measure(m, torch.randn(8, 32), warmup=1, repeats=5, min_time=0.0)
     assert r["params"] == 32 * 32 + 32 and r["flops"] == 2 * 8 * 32 * 32
     assert 0 < r["latency_ms"] < 1000 and r["device"].startswith("cpu")
+
+
+class _Kw(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x, shift=0.0):
+        return self.fc(x) + shift
+
+
+def test_example_inputs_take_compacts_forms():
+    m = _Kw()
+    x = torch.randn(3, 6)
+    flops = 2 * 3 * 6 * 4
+    for inputs in (x, (x,), [x], (x, 1.0), {"x": x}, {"x": x, "shift": 1.0}):
+        assert count_flops(m, inputs) == flops
+        r = measure(m, inputs, warmup=0, repeats=1, min_time=0.0)
+        assert r["flops"] == flops and r["params"] == 6 * 4 + 4 and r["latency_ms"] > 0
+    with pytest.raises(ValueError, match="example_inputs"):
+        measure(m, "x")
+
+
+@pytest.mark.parametrize("options, name", [({"repeats": 0}, "repeats"), ({"repeats": 1.5}, "repeats"),
+                                           ({"warmup": -1}, "warmup"), ({"min_time": -1.0}, "min_time"),
+                                           ({"min_time": float("nan")}, "min_time"), ({"repeat": 3}, "repeat")])
+def test_bad_latency_options(options, name):
+    m = nn.Linear(3, 2)
+    with pytest.raises(ValueError, match=name):
+        measure(m, torch.randn(1, 3), **options)
+    if name != "repeat":
+        with pytest.raises(ValueError, match=name):
+            fb.prune.latency_ms(m, torch.randn(1, 3), **options)

@@ -1,5 +1,6 @@
 """Gate modules, add_gates, kl_loss: placement, state, autograd, torch.compile."""
 import copy
+import pickle
 import io
 import math
 
@@ -248,3 +249,16 @@ def test_kl_loss_weights_cached_and_follow_kl_weight_changes():
     want = sum(gg.kl_weight * ref_gate_stats(gg.mu, gg.clamped_log_sigma(), gg.a, gg.b)[0].sum()
                for gg in gates.values())
     torch.testing.assert_close(fb.kl_loss(m), want.to(k1.dtype))
+
+
+def test_eval_cache_is_not_copied():
+    g = fb.nn.LogNormalGate(3)
+    g.mask[0] = False
+    g.eval()
+    x = torch.ones(2, 3)
+    g(x)
+    with torch.no_grad():
+        g.mu.fill_(-10.0)
+    c = copy.deepcopy(g)
+    torch.testing.assert_close(c(x), g(x))
+    torch.testing.assert_close(pickle.loads(pickle.dumps(g))(x), g(x))

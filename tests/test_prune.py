@@ -110,3 +110,86 @@ def test_bad_arguments(kwargs, match):
     m, _ = _model_with_known_posteriors()
     with pytest.raises(ValueError, match=match):
         fb.prune.update_masks(m, **kwargs)
+
+
+def test_etheta_rule_against_the_posterior_mean():
+    m, g = _model_with_known_posteriors()
+    mean = g.posterior.mean.double()
+    rep = fb.prune.update_masks(m, "etheta")
+    assert g.mask.tolist() == (mean > 0.1).tolist() and 0 < rep.kept < rep.total
+    torch.testing.assert_close(rep.statistics["layers.0"], mean, rtol=1e-6, atol=1e-12)
+    fb.prune.update_masks(m, "etheta", threshold=0.0)
+    assert bool(g.mask.all())
+    with pytest.raises(ValueError, match="threshold"):
+        fb.prune.update_masks(m, "etheta", threshold=1.0)
+
+
+def test_criteria_table_names_what_each_applies_to():
+    from fastbayes.nn import BernoulliGate, LogNormalGate
+    assert set(fb.prune.CRITERIA) == {"snr", "bmrs_n", "bmrs_u", "etheta", "bernoulli", "consensus"}
+    for name in ("snr", "bmrs_n", "bmrs_u", "etheta"):
+        assert fb.prune.CRITERIA[name].applies_to == (LogNormalGate,)
+    assert fb.prune.CRITERIA["bernoulli"].applies_to == (BernoulliGate,)
+    with pytest.raises(ValueError, match="'bernoulli'.*BernoulliGate.*not to a LogNormalGate"):
+        fb.prune.CRITERIA["bernoulli"](LogNormalGate(3))
+
+
+def _bernoulli_model():
+    m = MLP((4, 6, 5, 3))
+    gates = fb.add_gates(m, "bernoulli")
+    with torch.no_grad():
+        gates["layers.0"].theta.copy_(torch.tensor([1.0, 0.5, 0.49, 0.0, 0.9, 0.7]))
+        gates["layers.0"].mask[4] = False          # masked earlier: stays masked whatever its θ
+        gates["layers.1"].theta.copy_(torch.tensor([0.1, 0.2, 0.3, 0.4, 0.45]))
+    return m, gates
+
+
+def test_update_masks_on_bernoulli_gates():
+    m, gates = _bernoulli_model()
+    rep = fb.prune.update_masks(m, "bernoulli", min_units=2)
+    assert gates["layers.0"].mask.tolist() == [True, True, False, False, False, True]
+    assert gates["layers.1"].mask.tolist() == [False, False, False, True, True]    # min_units: the two best θ
+    assert rep.kept_per_layer == {"layers.0": 3, "layers.1": 2} and rep.criterion == "bernoulli"
+
+
+def _state(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("criterion", ["snr", "bmrs_n", "bmrs_u", "etheta"])
+def test_lognormal_criterion_on_bernoulli_gates_is_refused_untouched(criterion):
+    m, _ = _bernoulli_model()
+    before = _state(m)
+    with pytest.raises(ValueError, match=f"'{criterion}'.*LogNormalGate.*BernoulliGate.*'layers.0'.*bernoulli"):
+        fb.prune.update_masks(m, criterion)
+    assert _same(before, _state(m))
+
+
+def test_bernoulli_criterion_on_lognormal_gates_is_refused():
+    m, _ = _model_with_known_posteriors()
+    with pytest.raises(ValueError, match="'bernoulli'.*BernoulliGate.*LogNormalGate"):
+        fb.prune.update_masks(m, "bernoulli")
+    with pytest.raises(ValueError, match="'consensus'.*particle ensemble"):
+        fb.prune.update_masks(m, "consensus")
+
+
+def test_a_failing_gate_leaves_every_mask_as_it_was():
+    """bmrs_u with the paper's a' = 2^-23 fits the first gate (a = -20) but not the second (a = -10): nothing is
+    written, not even the first gate's mask."""
+    m = MLP((4, 6, 5, 3))
+    gates = fb.add_gates(m)
+    g0, g1 = gates["layers.0"], gates["layers.1"]
+    g1.a = -10.0
+    with torch.no_grad():
+        g0.mu.fill_(-15.0)
+        g0.mask[:2] = False
+        g1.mask[1] = False
+    before = _state(m)
+    assert not bool(fb.prune.CRITERIA["bmrs_u"](g0).keep.all())     # g0 alone would change
+    with pytest.raises(ValueError, match="a'"):
+        fb.prune.update_masks(m, "bmrs_u")
+    assert _same(before, _state(m))

@@ -28,7 +28,7 @@ def _setup(name, seed=0, lr=1e-2, steps=3):
     torch.manual_seed(seed)
     model, x = MODELS[name]()
     y = torch.randint(0, 5, (x.shape[0],))
-    gates = fb.add_gates(model, kind="bernoulli", init_theta=0.5, sigma0_ratio=0.1)
+    gates = fb.add_gates(model, kind="bernoulli", init_theta=0.5, spike_ratio=0.1)
     opt = torch.optim.Adam(model.parameters(), lr)
     for _ in range(steps):      # non-trivial Adam state everywhere
         _train_step(model, opt, x, y)
@@ -93,7 +93,7 @@ def test_train_mode_same_seed_output_unchanged():
     torch.manual_seed(0)
     model = MLP((20, 16, 12, 5))
     x = torch.randn(8, 20)
-    gates = fb.add_gates(model, kind="bernoulli", init_theta=0.5, sigma0_ratio=0.1)
+    gates = fb.add_gates(model, kind="bernoulli", init_theta=0.5, spike_ratio=0.1)
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     g0, g1 = gates["layers.0"], gates["layers.1"]
     with torch.no_grad():
@@ -196,3 +196,73 @@ def test_no_freeze_by_default_units_at_one_can_still_leave():
         g.theta[:2] = 0.0
     assert sh.step() is True and g.num_features == width - 2
     assert not bool(g.frozen.any())
+
+
+class _SigmoidMLP(torch.nn.Module):
+    """A sigmoid right after a gated layer: a dropped unit gives σ(0) = ½, not 0, so removing it changes the output."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = torch.nn.Linear(6, 8), torch.nn.Linear(8, 7), torch.nn.Linear(7, 3)
+
+    def forward(self, x):
+        return self.c(F.relu(self.b(torch.sigmoid(self.a(x)))))
+
+
+def _snapshot(model, opt):
+    return {"params": [(n, p, p.detach().clone(), None if p.grad is None else p.grad.clone())
+                       for n, p in model.named_parameters()],
+            "buffers": {n: b.clone() for n, b in model.named_buffers()},
+            "widths": [(m.in_features, m.out_features) for m in (model.a, model.b, model.c)],
+            "hooks": {n: dict(m._forward_hooks) for n, m in model.named_modules()},
+            "groups": [[id(p) for p in g["params"]] for g in opt.param_groups],
+            "state": {id(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
+                      for p, s in opt.state.items()}}
+
+
+def _assert_same(before, model, opt):
+    now = list(model.named_parameters())
+    assert [(n, id(p)) for n, p in now] == [(n, id(p)) for n, p, _, _ in before["params"]]
+    for (n, p), (_, _, value, grad) in zip(now, before["params"]):
+        assert torch.equal(p.detach(), value), n
+        assert (p.grad is None) == (grad is None) and (grad is None or torch.equal(p.grad, grad)), n
+    assert {n: b for n, b in model.named_buffers()}.keys() == before["buffers"].keys()
+    assert all(torch.equal(b, before["buffers"][n]) for n, b in model.named_buffers())
+    assert [(m.in_features, m.out_features) for m in (model.a, model.b, model.c)] == before["widths"]
+    assert {n: dict(m._forward_hooks) for n, m in model.named_modules()} == before["hooks"]
+    assert [[id(p) for p in g["params"]] for g in opt.param_groups] == before["groups"]
+    assert set(map(id, opt.state)) == set(before["state"])
+    for p, s in opt.state.items():
+        for k, v in s.items():
+            assert torch.equal(v, before["state"][id(p)][k]) if torch.is_tensor(v) else v == before["state"][id(p)][k]
+
+
+@pytest.mark.parametrize("call", ["shrink", "step"])
+def test_a_failed_check_rolls_back_model_and_optimiser(call):
+    torch.manual_seed(0)
+    model = _SigmoidMLP()
+    x, y = torch.randn(5, 6), torch.randint(0, 3, (5,))
+    gates = fb.add_gates(model, "bernoulli", layers=["a", "b"])
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(2):
+        _train_step(model, opt, x, y)
+    loss = F.cross_entropy(model(x), y) + B.prior_loss(model) / N_TRAIN
+    loss.backward()                                   # a pending gradient must come back too
+    with torch.no_grad():
+        gates["a"].theta[:3] = 0.0                    # removing these changes the output through σ(0) = ½
+        gates["b"].theta[:2] = 0.0
+        gates["b"].theta[4] = 1.5                     # would be projected: the projection is undone as well
+    shrinker = Shrinker(model, opt, every=1, example_inputs=x, check=True)
+    before = _snapshot(model, opt)
+    with pytest.raises(RuntimeError, match="restored"):
+        getattr(shrinker, call)()
+    _assert_same(before, model, opt)
+    assert shrinker.steps == 0 and shrinker.removed == 0 and shrinker.history == []
+    assert float(gates["b"].theta.detach()[4]) == 1.5 and bool(gates["a"].mask.all())
+    _train_step(model, opt, x, y)                     # the restored model still trains
+    # without the check the same shrink goes through
+    with torch.no_grad():
+        gates["a"].theta[:3] = 0.0
+    shrinker.check = False
+    assert shrinker.shrink() and model.a.out_features == 5
+    _state_matches(model, opt)

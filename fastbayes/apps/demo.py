@@ -381,7 +381,7 @@ def _run_dllp(model_name, dataset, epochs, seed, out, batch_size, lr, max_train,
     """Train the plain network, run SVGD on ``n_particles`` particles, prune by consensus, compact the particle mean
     and report the common keys plus ``n_particles`` and ``reliability`` (of the pruned ensemble), with the
     hard-pruned point estimate (magnitude pruning at the same per-layer sparsity) under ``point_estimate``."""
-    from .. import dllp
+    from .. import dllp, metrics
 
     if not isinstance(epochs, int) or epochs < 1 or not isinstance(svgd_epochs, int) or svgd_epochs < 1:
         raise ValueError(f"need epochs >= 1 and svgd_epochs >= 1, got epochs={epochs}, svgd_epochs={svgd_epochs}")
@@ -398,7 +398,7 @@ def _run_dllp(model_name, dataset, epochs, seed, out, batch_size, lr, max_train,
     model.eval()
 
     def on_epoch(e, ens):
-        acc = float((dllp.predictive_mean(ens.predict(val.x)).argmax(1) == val.y).double().mean())
+        acc = float((metrics.predictive_mean(ens.predict(val.x)).argmax(1) == val.y).double().mean())
         kept = sum(int(m.sum()) for m in ens.consensus_mask().values())
         log(f"svgd epoch {e + 1}: val acc (ensemble) {acc:.4f}, consensus keeps {kept} units")
         return {"phase": "svgd", "val_accuracy": acc}
@@ -417,7 +417,7 @@ def _run_dllp(model_name, dataset, epochs, seed, out, batch_size, lr, max_train,
     example, batch = test.x[:1], test.x[:128]
     mean_net = ens.mean_module()
     masked = dllp.apply_masks(mean_net, masks)
-    small = dllp.compact_masked(mean_net, masks, example)
+    small = compact(mean_net, example, masks=masks)
     m_before, m_after = measure(model, batch), measure(small, batch)
     flops_before = measure(model, example, repeats=1, warmup=0, min_time=0)["flops"]
     flops_after = measure(small, example, repeats=1, warmup=0, min_time=0)["flops"]
@@ -445,16 +445,16 @@ def _run_dllp(model_name, dataset, epochs, seed, out, batch_size, lr, max_train,
                       f"Adam lr {lr:g}; no SVGD epochs)"),
         "n_particles": n_particles, "svgd_epochs": svgd_epochs, "svgd_settings": svgd_settings,
         "units_sparsity": dllp.sparsity(masks),
-        "reliability": dllp.reliability_report(ens_logits, test.y),
+        "reliability": metrics.reliability_report(ens_logits, test.y),
         "point_estimate": {"method": "magnitude (L2 of incoming weights) at the same per-layer sparsity",
                            "test_accuracy": accuracy(point, test),
-                           "reliability": dllp.reliability_report(point_logits, test.y)},
+                           "reliability": metrics.reliability_report(point_logits, test.y)},
     }
     (out / "report.json").write_text(json.dumps(rep, indent=2))
     if plots:
         _plots_dllp(rep, mean_r, out)
-        dllp.plot_reliability_diagram({f"DLLP ensemble ({n_particles} particles)": dllp.predictive_mean(ens_logits),
-                                       "magnitude-pruned point estimate": dllp.predictive_mean(point_logits)},
+        metrics.plot_reliability_diagram({f"DLLP ensemble ({n_particles} particles)": metrics.predictive_mean(ens_logits),
+                                       "magnitude-pruned point estimate": metrics.predictive_mean(point_logits)},
                                       test.y, out / "reliability_diagram.png",
                                       title=f"{model_name} / {dataset}, "
                                       f"{100 * rep['units_sparsity']:.1f}% of units pruned")
@@ -523,7 +523,7 @@ def _plots_dllp(rep: dict, mean_r: dict, out: Path) -> None:
 # The design and why each setting (docs/METHODS.md §3.2; measured in docs/RESULTS.md §2): θ init 1, σ0 = 0.1·σ1,
 # projected plain SGD on θ with an absolute lr (Adam moved every θ together), no freezing at θ = 1, prior weighted
 # 1/N (use the full training split), and a settle phase with the exact θ gradient so every gate ends at 0 or 1.
-BERNOULLI_OPTIONS = {"init_theta": 1.0, "sigma0_ratio": 0.1}
+BERNOULLI_OPTIONS = {"init_theta": 1.0, "spike_ratio": 0.1}
 THETA_LR = 3.0
 SETTLE_STEPS = 200
 SHRINK_EVERY = 50

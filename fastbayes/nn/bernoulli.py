@@ -48,6 +48,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 from torch import nn
 
+from ..distributions import SpikeSlab
 from ..layers import BATCH_NORMS, WEIGHTED, units
 from ..ops import bernoulli as ops   # the module itself: works before fastbayes.ops re-exports it
 from .sites import GATE_ATTR, gates
@@ -65,21 +66,23 @@ class BernoulliGate(nn.Module):
     Parameter ``theta`` (one keep probability per unit, in [0, 1] after ``project_()``); bool buffers ``mask``
     (False: unit pruned, ξ = 0 and no θ gradient) and ``frozen`` (True: θ held at exactly 1, ξ = 1, no θ gradient);
     float buffers ``log_var1`` = log σ1² and ``log_var0`` = log σ0² of the prior (NaN until set, see
-    ``set_prior_scale``).  In eval mode ξ = 1[θ ≥ ½]·mask and nothing is drawn.
+    ``set_slab_var``).  In eval mode ξ = 1[θ ≥ ½]·mask and nothing is drawn.
 
     Args:
         num_features: number of units (channels or neurons).
         dim: unit axis of the input (1 for NCHW, -1 for [B, T, C]).
         init_theta: initial keep probability, in [0, 1] (default 1: every unit starts in the slab; see the module
             docstring for why not 0.9).
-        sigma1: slab standard deviation σ1; None: 2/fan_in of the gated layer, set by ``attach`` or ``prior_loss``.
-        sigma0_ratio: spike-to-slab ratio σ0/σ1 (default 0.1), in (0, 1).  A unit is dropped once the RMS of its
-            incoming weights falls below about 2.2·σ0 (for 0.1), so this sets how much is pruned.
+        slab_var: slab variance σ1²; None: 2/fan_in of the gated layer, set by ``add_gates`` or ``prior_loss``.
+            (Deprecated form: ``sigma1`` = σ1.)
+        spike_ratio: spike-to-slab ratio σ0/σ1 (default 0.1), in (0, 1) (deprecated name: ``sigma0_ratio``).  The
+            prior is ``fastbayes.distributions.SpikeSlab(slab_var, spike_ratio)``.  A unit is dropped once the RMS
+            of its incoming weights falls below about 2.2·σ0 (for 0.1), so this sets how much is pruned.
         kl_weight: multiplier of this gate's prior in ``prior_loss`` (the name ``add_gates`` passes for every kind).
     """
 
-    def __init__(self, num_features: int, dim: int = 1, init_theta: float = 1.0, sigma1: Optional[float] = None,
-                 sigma0_ratio: float = 0.1, kl_weight: float = 1.0):
+    def __init__(self, num_features: int, dim: int = 1, init_theta: float = 1.0, slab_var: Optional[float] = None,
+                 spike_ratio: float = 0.1, kl_weight: float = 1.0, **deprecated):
         super().__init__()
         if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
             raise ValueError(f"num_features must be a positive integer, got {num_features!r}")
@@ -87,31 +90,52 @@ class BernoulliGate(nn.Module):
             raise ValueError(f"dim must be a non-zero integer (axis 0 holds the examples), got {dim!r}")
         if isinstance(init_theta, bool) or not isinstance(init_theta, (int, float)) or not 0.0 <= init_theta <= 1.0:
             raise ValueError(f"init_theta must be a number in [0, 1], got {init_theta!r}")
-        ratio = _positive("sigma0_ratio", sigma0_ratio)
+        slab_var, spike_ratio, ratio_name = _deprecated_prior_names(slab_var, spike_ratio, deprecated)
+        ratio = _positive(ratio_name, spike_ratio)
         if not ratio < 1.0:
-            raise ValueError(f"sigma0_ratio must be below 1 (the spike is narrower than the slab), got {ratio}")
+            raise ValueError(f"{ratio_name} must be below 1 (the spike is narrower than the slab), got {ratio}")
         if isinstance(kl_weight, bool) or not isinstance(kl_weight, (int, float)) or not float(kl_weight) >= 0:
             raise ValueError(f"kl_weight must be a non-negative number, got {kl_weight!r}")
-        self.dim, self.sigma0_ratio, self.kl_weight = dim, ratio, float(kl_weight)
+        self.dim, self._spike_ratio, self.kl_weight = dim, ratio, float(kl_weight)
         self.theta = nn.Parameter(torch.full((num_features,), float(init_theta)))
         self.register_buffer("mask", torch.ones(num_features, dtype=torch.bool))
         self.register_buffer("frozen", torch.zeros(num_features, dtype=torch.bool))
+        # log σ1², log σ0² of the prior (the fused op's constants; NaN until the slab variance is known)
         self.register_buffer("log_var1", torch.tensor(math.nan))
         self.register_buffer("log_var0", torch.tensor(math.nan))
         self._scale_known = False   # host-side cache of "log_var1 is set" (avoids a device sync per step)
         self._forced: Optional[tuple[torch.Tensor, float]] = None
-        if sigma1 is not None:
-            self.set_prior_scale(sigma1)
+        if slab_var is not None:
+            self.set_slab_var(slab_var)
+
+    @property
+    def spike_ratio(self) -> float:
+        """σ0/σ1 of the prior (fixed at construction: ``log_var0`` is derived from it)."""
+        return self._spike_ratio
+
+    @property
+    def sigma0_ratio(self) -> float:
+        """Deprecated name of ``spike_ratio``."""
+        warnings.warn("BernoulliGate.sigma0_ratio is deprecated: use spike_ratio", DeprecationWarning, stacklevel=2)
+        return self._spike_ratio
+
+    @property
+    def prior(self) -> Optional[SpikeSlab]:
+        """The spike-and-slab prior on each unit's incoming weights as a ``fastbayes.distributions.SpikeSlab`` (None
+        until the slab variance is set).  Its π plays no part here: the gate's prior slab probability is θ itself."""
+        if not self.prior_scale_set():
+            return None
+        return SpikeSlab(math.exp(float(self.log_var1)), self._spike_ratio)
 
     @classmethod
     def from_layer(cls, layer: nn.Module, *, site: nn.Module | None = None, **options) -> "BernoulliGate":
         """A gate for the output units of ``layer`` (a Linear/Conv), hosted on ``site`` (the layer itself or the
-        BatchNorm after it): units and dim from the site, and unless ``sigma1`` is given the slab σ1² = 2/fan_in of
+        BatchNorm after it): units and dim from the site, and unless ``slab_var`` is given the slab σ1² = 2/fan_in of
         the layer whose weights feed the units (He initialisation's variance)."""
         n, dim = units(site if site is not None else layer)
         gate = cls(n, dim=dim, **options)
-        if options.get("sigma1") is None and isinstance(layer, WEIGHTED):
-            gate.set_prior_scale(math.sqrt(2.0 / _fan_in(layer)))
+        if not gate.prior_scale_set() and isinstance(layer, WEIGHTED):
+            gate.set_slab_var(2.0 / _fan_in(layer))
         return gate
 
     @property
@@ -123,13 +147,17 @@ class BernoulliGate(nn.Module):
         no meaning without the weights it is on); ``fastbayes.nn.penalty(model)`` sums every gate in one launch."""
         return _prior_terms([(self, layer)])
 
-    def set_prior_scale(self, sigma1: float) -> None:
-        """σ1 = ``sigma1`` (slab) and σ0 = sigma0_ratio·σ1 (spike)."""
-        s1 = _positive("sigma1", sigma1)
+    def set_slab_var(self, slab_var: float) -> None:
+        """σ1² = ``slab_var`` (slab) and σ0 = spike_ratio·σ1 (spike), through ``SpikeSlab``."""
+        prior = SpikeSlab(slab_var, self._spike_ratio)
         with torch.no_grad():
-            self.log_var1.fill_(2.0 * math.log(s1))
-            self.log_var0.fill_(2.0 * math.log(s1 * self.sigma0_ratio))
+            self.log_var1.fill_(prior.log_var1)
+            self.log_var0.fill_(prior.log_var0)
         self._scale_known = True
+
+    def set_prior_scale(self, sigma1: float) -> None:
+        """σ1 = ``sigma1`` (the slab's standard deviation): ``set_slab_var(sigma1²)``."""
+        self.set_slab_var(_positive("sigma1", sigma1) ** 2)
 
     def prior_scale_set(self) -> bool:
         if not self._scale_known:
@@ -198,7 +226,7 @@ class BernoulliGate(nn.Module):
     def extra_repr(self) -> str:
         kept, frozen = int(self.mask.sum()), int(self.frozen.sum())
         return (f"{self.num_features}, kept={kept}, frozen={frozen}, dim={self.dim}, "
-                f"sigma0_ratio={self.sigma0_ratio}, kl_weight={self.kl_weight}")
+                f"spike_ratio={self.spike_ratio}, kl_weight={self.kl_weight}")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -242,6 +270,28 @@ def _sources(model: nn.Module) -> dict[str, tuple[BernoulliGate, nn.Module]]:
     return out
 
 
+def _deprecated_prior_names(slab_var, spike_ratio, deprecated: dict):
+    """(slab_var, spike_ratio, the name spike_ratio was given as) from the constructor's keywords, accepting the old
+    names ``sigma1`` (σ1, not σ1²) and ``sigma0_ratio`` (= spike_ratio) that older code and checkpoints use."""
+    extra = set(deprecated) - {"sigma1", "sigma0_ratio"}
+    if extra:
+        raise TypeError(f"BernoulliGate got unexpected keyword arguments {sorted(extra)}")
+    name = "spike_ratio"
+    if deprecated.get("sigma1") is not None:
+        warnings.warn("BernoulliGate(sigma1=...) is deprecated: use slab_var=sigma1**2", DeprecationWarning,
+                      stacklevel=3)
+        if slab_var is not None:
+            raise ValueError("give slab_var or its deprecated form sigma1, not both")
+        slab_var = _positive("sigma1", deprecated["sigma1"]) ** 2
+    if "sigma0_ratio" in deprecated:
+        warnings.warn("BernoulliGate(sigma0_ratio=...) is deprecated: use spike_ratio (the same σ0/σ1)",
+                      DeprecationWarning, stacklevel=3)
+        if spike_ratio != 0.1:
+            raise ValueError("give spike_ratio or its deprecated form sigma0_ratio, not both")
+        spike_ratio, name = deprecated["sigma0_ratio"], "sigma0_ratio"
+    return slab_var, spike_ratio, name
+
+
 def _fan_in(layer: nn.Module) -> int:
     return _rows(layer).shape[1]
 
@@ -274,7 +324,7 @@ def _prior_terms(found: list) -> torch.Tensor:
             raise ValueError(f"a gate has {gate.num_features} units but its layer {type(layer).__name__} has "
                              f"{rows.shape[0]} output units")
         if not gate.prior_scale_set():
-            gate.set_prior_scale(math.sqrt(2.0 / rows.shape[1]))
+            gate.set_slab_var(2.0 / rows.shape[1])
         t = gate.effective_theta()
         s = rows.pow(2).sum(1)
         k = rows.shape[1]

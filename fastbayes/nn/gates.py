@@ -149,6 +149,12 @@ class LogNormalGate(nn.Module):
             cache = self._eval_cache = (key, self._expected_scale())
         return cache[1]
 
+    def __getstate__(self):
+        # a copy restarts the tensors' version counters, so a copied cache could look fresh while stale
+        state = dict(super().__getstate__())
+        state["_eval_cache"] = None
+        return state
+
     def _expected_scale(self) -> torch.Tensor:
         with torch.no_grad():
             mean = ops.gate_stats(self.mu, self.clamped_log_sigma(), a=self.a, b=self.b)[1]

@@ -59,6 +59,8 @@ def _check_gate_options(cls, options: dict) -> None:
     """Unknown option names fail here, before any gate exists (a typo would otherwise surface as a TypeError of
     the constructor after some layers were gated)."""
     params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return   # the constructor takes more (deprecated) names and checks them itself; gates exist before any attach
     allowed = [p for p in params if p not in ("self", "num_features", "dim", "kl_weight")]
     unknown = sorted(set(options) - set(allowed))
     if unknown:

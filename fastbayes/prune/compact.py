@@ -13,13 +13,15 @@ does not, and ``check`` catches it).  Channels that cannot be removed keep s = 0
 from __future__ import annotations
 
 import copy
+import warnings
+from typing import Mapping
 
 import torch
 from torch import nn
 
 from ..graph import as_args, channel_groups
-from ..layers import BATCH_NORMS, CONV
-from ..nn.sites import detach, sites, trace
+from ..layers import BATCH_NORMS, CONV, WEIGHTED, units
+from ..nn.sites import detach, following_bn, gates, sites, trace
 
 CHECK_RTOL = 1e-5
 
@@ -160,8 +162,78 @@ def _strip_gates(model: nn.Module):
     return out
 
 
-def compact(model: nn.Module, example_inputs, *, round_to: int | None = None, min_units: int = 1,
-            check: bool = True) -> nn.Module:
+def _copy(model: nn.Module) -> nn.Module:
+    """copy.deepcopy with every gate's eval cache current first: a LogNormalGate caches E[θ]·mask keyed by tensor
+    version counters, which a copy restarts at 0, so a stale cache (parameters changed since the last eval forward)
+    could be taken for valid in the copy."""
+    for gate in gates(model).values():
+        if callable(getattr(gate, "expected_scale", None)):
+            gate.expected_scale()
+    return copy.deepcopy(model)
+
+
+def _check_masks(model: nn.Module, masks) -> dict[str, torch.Tensor]:
+    if not isinstance(masks, Mapping):
+        raise ValueError(f"masks must be a dict {{layer name: bool tensor [units]}}, got {type(masks).__name__}")
+    modules = dict(model.named_modules())
+    missing = [n for n in masks if n not in modules]
+    if missing:
+        raise ValueError(f"masks names layers not found in the model: {missing}")
+    out = {}
+    for name, m in masks.items():
+        layer = modules[name]
+        if not isinstance(layer, (*WEIGHTED, BATCH_NORMS)):
+            raise ValueError(f"masks[{name!r}]: {name} is a {type(layer).__name__}; masks go on Linear, Conv or "
+                             "BatchNorm layers (their output units)")
+        n = units(layer)[0]
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or tuple(m.shape) != (n,):
+            got = f"{m.dtype} {tuple(m.shape)}" if isinstance(m, torch.Tensor) else type(m).__name__
+            raise ValueError(f"masks[{name!r}] must be a bool tensor of shape ({n},) (True = kept), got {got}")
+        out[name] = m.detach().cpu()
+    return out
+
+
+@torch.no_grad()
+def _fold_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Zero the masked units of each layer (weight rows, bias) and of the BatchNorm right after a Linear/Conv (its
+    affine entries), so a masked unit is exactly 0 after that BatchNorm too; returns {module: pruned channels}."""
+    modules = dict(model.named_modules())
+    zero = {}
+    for name, keep in masks.items():
+        targets = [name]
+        if isinstance(modules[name], WEIGHTED):
+            bn = following_bn(model, name, keep.numel())
+            if bn is not None:
+                targets.append(bn)
+        for t in targets:
+            module = modules[t]
+            ref = module.weight if getattr(module, "weight", None) is not None else module.running_var
+            _fold(module, keep.to(device=ref.device if ref is not None else None, dtype=torch.float32))
+            zero[t] = zero.get(t, torch.zeros_like(keep)) | ~keep
+    return zero
+
+
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A copy of ``model`` with explicit masks {layer: bool [units], True = kept} applied: the weight rows and biases
+    of masked units zeroed, and the affine entries of a BatchNorm right after a masked Linear/Conv too (an
+    affine-free BatchNorm gets an affine part holding the mask), so a masked unit is exactly 0 after the BatchNorm.
+    This is the model ``compact(model, x, masks=masks)`` starts from and equals; gates, if any, stay."""
+    masks = _check_masks(model, masks)
+    out = _copy(model)
+    _fold_masks(out, masks)
+    return out
+
+
+def _blocked_message(blocked: dict[str, tuple[int, int, str]]) -> str:
+    parts = [f"{name!r} ({n} of {total} masked units kept: {why})" for name, (n, total, why) in blocked.items()]
+    return ("compact() could not remove masked units of " + "; ".join(parts) + ". They stay in the model, scaled to "
+            "exactly 0 (the result is still exact). Per-layer gates or masks before an ungated BatchNorm are the "
+            "usual cause: gate after the BatchNorm (add_gates(..., placement='bn')) or use coupled gates "
+            "(add_gates(model, example_inputs=x)).")
+
+
+def compact(model: nn.Module, example_inputs, *, masks: Mapping[str, torch.Tensor] | None = None,
+            round_to: int | None = None, min_units: int = 1, check: bool = True) -> nn.Module:
     """A new, physically smaller plain ``nn.Module`` equal to ``model`` masked, in eval mode (``model`` untouched).
 
     E[θ]·mask of every gate is folded into the module it is registered under (METHODS.md §5.4), the gates and
@@ -169,10 +241,15 @@ def compact(model: nn.Module, example_inputs, *, round_to: int | None = None, mi
     with Torch-Pruning (residual sums, depthwise and grouped convolutions, concatenations and BatchNorm handled by
     its dependency graph).  With coupled gates (``add_gates(model, example_inputs=x)``) every pruning decision is
     removed; with per-layer gates a channel goes only when all its coupled layers pruned it and no ungated
-    BatchNorm follows its gate.
+    BatchNorm follows its gate.  Masked units that cannot be removed stay (exactly 0) and a UserWarning names
+    their layers and why (those given back for ``min_units``/``round_to`` excepted).
 
     Args:
         example_inputs: a tensor, a tuple of arguments or a dict of keyword arguments to trace the model with.
+        masks: explicit decisions {layer name: bool tensor [units], True = kept} on Linear/Conv/BatchNorm layers of
+            a model with or without gates (e.g. ``ParticleEnsemble.consensus_mask()``): a masked unit's weight row
+            and bias, and the affine entries of a BatchNorm right after the layer, become 0 (as if a gate with
+            scale 0 sat after that BatchNorm), then it is removed like a gated one.
         round_to: keep widths multiples of this (extra channels: the pruned ones with the best E[θ]; they stay
             exact because their folded scale is 0).  A group whose width cannot reach a multiple keeps all.
         min_units: keep at least this many channels per group (a layer cannot lose all of them).
@@ -189,33 +266,79 @@ def compact(model: nn.Module, example_inputs, *, round_to: int | None = None, mi
     if example_inputs is None:
         raise ValueError("example_inputs is required to trace the model")
     as_args(example_inputs)
-    reference = eval_outputs(model, example_inputs) if check else None
-    small = copy.deepcopy(model)
+    masks = None if masks is None else _check_masks(model, masks)
+    small = _copy(model)
+    masked = _fold_masks(small, masks) if masks else {}
+    reference = eval_outputs(small, example_inputs) if check else None
     small.eval()
     folded = _strip_gates(small)
-    if folded:
+    for name, zero in masked.items():       # a mask and a gate on one module: pruned by either
+        if name in folded:
+            folded[name] = (folded[name][0] | zero, folded[name][1])
+        else:
+            folded[name] = (zero, torch.zeros(zero.numel(), dtype=torch.float64))
+    blocked: dict[str, tuple[int, int, str]] = {}
+    if any(bool(z.any()) for z, _ in folded.values()):
         flags = {n: p.requires_grad for n, p in model.named_parameters()}
         dg = trace(small, example_inputs)
-        plans = []
+        modules = dict(small.named_modules())
+        plans, covered = [], set()
         for g in channel_groups(small, dg=dg):
-            if g.problem is not None or not any(s in folded for s in g.sites):
+            named = [k for k in g.maps if isinstance(k, str) and k in folded]
+            covered.update(named)
+            wanted = torch.zeros(g.size, dtype=torch.bool)
+            for k in named:
+                idxs, roots = g.maps[k]
+                wanted[roots] |= folded[k][0][idxs]
+            if not bool(wanted.any()):
                 continue
-            removable = torch.ones(g.size, dtype=torch.bool)
-            score = torch.full((g.size,), -float("inf"), dtype=torch.float64)
-            for s in g.sites:
-                idxs, roots = g.maps[s]
-                if s not in folded:      # an ungated site: its channels are not 0 there
-                    removable[roots] = False
+            ungated = [s for s in g.sites if s not in folded]
+            problem = g.problem
+            if problem is None and any(not dg.module2node[modules[p]].outputs for p in g.producers):
+                # Torch-Pruning marks no OUTPUT node after a model's last layer (graph.py does not see it either)
+                problem = "these channels are outputs of the model"
+            if problem is not None:
+                removable = structural = torch.zeros_like(wanted)
+            else:
+                removable = torch.ones(g.size, dtype=torch.bool)
+                score = torch.full((g.size,), -float("inf"), dtype=torch.float64)
+                for s in g.sites:
+                    idxs, roots = g.maps[s]
+                    if s not in folded:      # an ungated site: its channels are not 0 there
+                        removable[roots] = False
+                        continue
+                    zero, mean = folded[s]
+                    removable[roots] &= zero[idxs]
+                    score[roots] = torch.maximum(score[roots], mean[idxs])
+                grouped = [((len(g.maps[k][0]), k[2]), g.maps[k]) for k in g.maps if isinstance(k, tuple)]
+                structural = _periodic(removable, grouped)
+                final = _settle(structural, score, grouped, min_units, round_to)
+                if final.any():
+                    root_item = g.tp_group[0]
+                    plans.append((root_item.dep.target.module, root_item.dep.handler,
+                                  final.nonzero().flatten().tolist()))
+            for k in named:
+                idxs, roots = g.maps[k]
+                mine = torch.zeros(g.size, dtype=torch.bool)
+                mine[roots] = folded[k][0][idxs]
+                stuck = mine & ~structural
+                if not bool(stuck.any()):
                     continue
-                zero, mean = folded[s]
-                removable[roots] &= zero[idxs]
-                score[roots] = torch.maximum(score[roots], mean[idxs])
-            grouped = [((len(g.maps[k][0]), k[2]), g.maps[k]) for k in g.maps if isinstance(k, tuple)]
-            removable = _settle(removable, score, grouped, min_units, round_to)
-            if removable.any():
-                root_item = g.tp_group[0]
-                plans.append((root_item.dep.target.module, root_item.dep.handler,
-                              removable.nonzero().flatten().tolist()))
+                if problem is not None:
+                    why = problem
+                elif bool((stuck & ~removable).any()):
+                    others = [s for s in g.sites if s != k and s in folded
+                              and bool((stuck[g.maps[s][1]] & ~folded[s][0][g.maps[s][0]]).any())]
+                    why = " and ".join(
+                        ([f"{', '.join(map(repr, ungated))} {'is' if len(ungated) == 1 else 'are'} not gated or "
+                          "masked and passes them on"] if ungated else [])
+                        + ([f"coupled layers {', '.join(map(repr, others))} keep them"] if others else []))
+                else:
+                    why = "a grouped convolution needs them at every group position"
+                blocked[k] = (int(stuck.sum()), int(mine.sum()), why)
+        for name, (zero, _) in folded.items():
+            if name not in covered and bool(zero.any()):
+                blocked[name] = (int(zero.sum()), int(zero.sum()), "not part of any prunable channel group")
         for module, fn, idxs in plans:
             dg.get_pruning_group(module, fn, idxs).prune()
         for n, p in small.named_parameters():
@@ -228,5 +351,6 @@ def compact(model: nn.Module, example_inputs, *, round_to: int | None = None, mi
             raise RuntimeError(f"the compact model differs from the masked model: relative error {err:.3g} > "
                                f"{CHECK_RTOL:g}; something between a gate and the next layer does not map 0 to 0 "
                                "(e.g. a sigmoid after an output gate), or channels reach the model's output")
+    if blocked:
+        warnings.warn(_blocked_message(blocked), stacklevel=2)
     return small
-

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..nn.sites import gates as find_gates
-from .criteria import CRITERIA
+from .criteria import CRITERIA, decide
 
 
 @dataclass
@@ -59,34 +59,24 @@ class PruneReport:
 
 @torch.no_grad()
 def update_masks(model: nn.Module, criterion: str = "bmrs_n", *, min_units: int = 1, **options) -> PruneReport:
-    """Recompute every gate's mask from scratch with ``criterion`` ("snr", "bmrs_n" or "bmrs_u").
+    """Recompute every gate's mask from scratch with ``criterion`` (a name in ``fastbayes.prune.CRITERIA``: "snr",
+    "bmrs_n", "bmrs_u", "etheta" for log-normal gates, "bernoulli" for Bernoulli gates).
 
-    Options go to the criterion: ``threshold`` (snr, default 1); ``scale``, ``code_offset`` (bmrs_n); ``p1``
-    (default 8), ``p2`` (23), ``lower`` (bmrs_u).  ``min_units`` keeps at least that many units per layer (those
-    with the best statistic), so no layer is cut through.  Masks are not monotone: a unit pruned earlier comes back
-    if its posterior recovers (BMRS Algorithm 1).
+    Options go to the criterion: ``threshold`` (snr, default 1; etheta, default 0.1); ``scale``, ``code_offset``
+    (bmrs_n); ``p1`` (default 8), ``p2`` (23), ``lower`` (bmrs_u).  ``min_units`` keeps at least that many units per
+    layer (those with the best statistic), so no layer is cut through.  Masks are not monotone for log-normal gates:
+    a unit pruned earlier comes back if its posterior recovers (BMRS Algorithm 1).  Every decision is made before
+    the first mask is written, so a criterion that does not apply to a gate's kind, or a bad option, raises a
+    ValueError and leaves every mask as it was.
     """
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {tuple(CRITERIA)}, got {criterion!r}")
-    if isinstance(min_units, bool) or not isinstance(min_units, int) or min_units < 0:
-        raise ValueError(f"min_units must be a non-negative integer, got {min_units!r}")
-    found = find_gates(model)
-    if not found:
-        raise ValueError("model has no gates: call fastbayes.add_gates(model) first")
-    report = None
-    for name, gate in found.items():
-        d = CRITERIA[criterion](gate, **options)
-        keep = d.keep.clone()
-        need = min(min_units, keep.numel())
-        if int(keep.sum()) < need:
-            # keep the units the criterion likes best: high SNR, low ΔF
-            score = d.statistic if criterion == "snr" else -d.statistic
-            keep[torch.topk(score, need).indices] = True
-        gate.mask.copy_(keep.to(gate.mask.device))
-        if report is None:
-            report = PruneReport(criterion, d.rule)
+    decisions = decide(model, criterion, min_units=min_units, **options)   # raises before anything is written
+    gates = find_gates(model)
+    report = PruneReport(criterion, next(iter(decisions.values())).rule)
+    for name, d in decisions.items():
+        gate = gates[name]
+        gate.mask.copy_(d.keep.to(gate.mask.device))
         s = d.statistic
-        report.layers.append(LayerReport(name, int(keep.sum()), keep.numel(), float(s.min()), float(s.median()),
+        report.layers.append(LayerReport(name, int(d.keep.sum()), d.keep.numel(), float(s.min()), float(s.median()),
                                          float(s.max())))
         report.statistics[name] = s.cpu()
     return report

@@ -1,11 +1,33 @@
-"""Measuring a model: parameters, FLOPs (torch.utils.flop_counter) and median latency."""
+"""Measuring a model: parameters, FLOPs (torch.utils.flop_counter) and median latency.
+
+``example_inputs`` takes the forms ``compact`` takes (``fastbayes.graph.as_args``): a tensor, a tuple or list of
+positional arguments, or a dict of keyword arguments.
+"""
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
 import torch
 from torch import nn
+
+from ..graph import as_args
+
+
+def _call(model: nn.Module, args):
+    return model(**args) if isinstance(args, dict) else model(*args)
+
+
+def _device(args) -> torch.device:
+    values = args.values() if isinstance(args, dict) else args
+    return next((t.device for t in values if isinstance(t, torch.Tensor)), torch.device("cpu"))
+
+
+def _count(name: str, v, minimum: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
+    return v
 
 
 def count_params(model: nn.Module, trainable_only: bool = True) -> int:
@@ -22,22 +44,31 @@ def count_params(model: nn.Module, trainable_only: bool = True) -> int:
 def count_flops(model: nn.Module, example_inputs) -> int:
     """FLOPs of one eval-mode forward on ``example_inputs`` (multiply-add = 2 FLOPs), by torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
-    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    args = as_args(example_inputs)
     was = model.training
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
-            model(*args)
+            _call(model, args)
     finally:
         model.train(was)
     return int(fc.get_total_flops())
 
 
+def _check_latency_options(warmup, repeats, min_time) -> None:
+    _count("warmup", warmup, 0)
+    _count("repeats", repeats, 1)
+    if isinstance(min_time, bool) or not isinstance(min_time, (int, float)) or not math.isfinite(min_time) \
+            or min_time < 0:
+        raise ValueError(f"min_time must be a finite number of seconds >= 0, got {min_time!r}")
+
+
 def latency_ms(model: nn.Module, example_inputs, *, warmup: int = 5, repeats: int = 30, min_time: float = 0.2) -> float:
-    """Median wall time in ms of an eval-mode forward, after ``warmup`` calls; at least ``repeats`` calls and
+    """Median wall time in ms of an eval-mode forward, after ``warmup`` calls; at least ``repeats`` calls (>= 1) and
     ``min_time`` seconds.  CUDA work is synchronised around every call."""
-    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    dev = next((t.device for t in args if isinstance(t, torch.Tensor)), torch.device("cpu"))
+    _check_latency_options(warmup, repeats, min_time)
+    args = as_args(example_inputs)
+    dev = _device(args)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     was = model.training
     model.eval()
@@ -45,12 +76,12 @@ def latency_ms(model: nn.Module, example_inputs, *, warmup: int = 5, repeats: in
     try:
         with torch.no_grad():
             for _ in range(warmup):
-                model(*args)
+                _call(model, args)
             sync()
             start = time.perf_counter()
             while len(times) < repeats or time.perf_counter() - start < min_time:
                 t0 = time.perf_counter()
-                model(*args)
+                _call(model, args)
                 sync()
                 times.append(time.perf_counter() - t0)
                 if len(times) >= 10 * repeats:
@@ -61,9 +92,15 @@ def latency_ms(model: nn.Module, example_inputs, *, warmup: int = 5, repeats: in
 
 
 def measure(model: nn.Module, example_inputs, **latency_options) -> dict:
-    """{"params", "flops", "latency_ms", "device"} of ``model`` on ``example_inputs`` (eval mode)."""
-    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    dev = next((t.device for t in args if isinstance(t, torch.Tensor)), torch.device("cpu"))
+    """{"params", "flops", "latency_ms", "device"} of ``model`` on ``example_inputs`` (eval mode); the options
+    (``warmup``, ``repeats``, ``min_time``) go to ``latency_ms``."""
+    unknown = set(latency_options) - {"warmup", "repeats", "min_time"}
+    if unknown:
+        raise ValueError(f"unknown options {sorted(unknown)}; measure takes warmup, repeats and min_time")
+    _check_latency_options(latency_options.get("warmup", 5), latency_options.get("repeats", 30),
+                           latency_options.get("min_time", 0.2))
+    args = as_args(example_inputs)
+    dev = _device(args)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     return {"params": count_params(model), "flops": count_flops(model, example_inputs),
             "latency_ms": latency_ms(model, example_inputs, **latency_options), "device": name}

@@ -51,6 +51,42 @@ from ..nn.sites import sites, trace
 from .compact import CHECK_RTOL, _settle, compact, eval_outputs, relative_error
 
 
+class _Snapshot:
+    """What a shrink may change, kept so that a failed one can be undone bit for bit.
+
+    Torch-Pruning and ``_slice_gate`` replace tensors (new Parameters, buffers) and module attributes (widths) rather
+    than writing into them, so the old objects stay intact and restoring the references restores the model; the
+    tensors written in place (θ, masks, frozen, and every .grad, which ``_prune_group`` borrows) are cloned.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        self.modules = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules))
+                        for m in model.modules()]
+        self.grads = [(p, p.grad) for m in model.modules() for p in m._parameters.values() if p is not None]
+        self.values = [(t, t.detach().clone()) for g in bernoulli_gates(model).values()
+                       for t in (g.theta, g.mask, g.frozen)]
+        self.optimizer = optimizer
+        self.groups = [list(g["params"]) for g in optimizer.param_groups]
+        self.state = dict(optimizer.state)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for m, attrs, params, buffers, children in self.modules:
+            m.__dict__.clear()
+            m.__dict__.update(attrs)
+            for d, saved in ((m._parameters, params), (m._buffers, buffers), (m._modules, children)):
+                d.clear()
+                d.update(saved)
+        for p, grad in self.grads:
+            p.grad = grad
+        for t, v in self.values:
+            t.copy_(v)
+        for g, params in zip(self.optimizer.param_groups, self.groups):
+            g["params"][:] = params       # in place: callers may hold the list
+        self.optimizer.state.clear()
+        self.optimizer.state.update(self.state)
+
+
 def _exact_count(dtype: torch.dtype) -> int:
     """Largest n such that every integer up to n is exact in ``dtype`` (2 / eps = 2^(mantissa bits + 1))."""
     return int(round(2.0 / torch.finfo(dtype).eps))
@@ -126,15 +162,32 @@ class Shrinker:
     # -- the per-step call -------------------------------------------------------------------------------------
     def step(self) -> bool:
         """Project θ into [0, 1]; every ``every`` calls, ``shrink()``.  Returns True when units were removed."""
-        project_gates(self.model)
-        self.steps += 1
-        if self.steps % self.every:
+        if (self.steps + 1) % self.every:
+            project_gates(self.model)
+            self.steps += 1
             return False
-        return self.shrink()
+        self.steps += 1
+        try:
+            return self.shrink()     # projects θ itself, inside its rollback
+        except BaseException:
+            self.steps -= 1
+            raise
 
     @torch.no_grad()
     def shrink(self) -> bool:
-        """Freeze θ ≥ 1 − ε, mask θ ≤ ε, and remove masked units physically; returns True when some were removed."""
+        """Freeze θ ≥ 1 − ε, mask θ ≤ ε, and remove masked units physically; returns True when some were removed.
+
+        All or nothing: if anything fails (the ``check``, a trace), the model (parameters, buffers, module attributes,
+        gates, masks, grads) and the optimiser (param groups, state) are restored as they were and the error raised.
+        """
+        snapshot = _Snapshot(self.model, self.optimizer)
+        try:
+            return self._shrink()
+        except BaseException:
+            snapshot.restore()
+            raise
+
+    def _shrink(self) -> bool:
         frozen = 0
         for g in bernoulli_gates(self.model).values():
             g.project_()
@@ -148,7 +201,9 @@ class Shrinker:
         if n and self.check:
             err = relative_error(eval_outputs(self.model, self.example_inputs), reference)
             if not err <= CHECK_RTOL:
-                raise RuntimeError(f"shrinking changed the eval outputs: relative error {err:.3g} > {CHECK_RTOL:g}")
+                raise RuntimeError(f"shrinking changed the eval outputs: relative error {err:.3g} > {CHECK_RTOL:g} "
+                                   "(something between a gate and the next layer does not map 0 to 0, e.g. a "
+                                   "sigmoid); the model and optimiser were restored")
         self.removed += n
         self.history.append({"step": self.steps, "units": self.live_units(), "per_gate": self.units(),
                              "frozen": sum(int(g.frozen.sum()) for g in bernoulli_gates(self.model).values()),
