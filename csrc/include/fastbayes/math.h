@@ -489,11 +489,12 @@ FB_INLINE double delta2_taylor_terms(double x, double L, double s2) {
 }
 
 // The b-tail pieces at s = -β (ρ = 0): KL and gradients (kl_parts' tail forms with ρ = E = 0).
-FB_INLINE KlGrad kl_tail_one_sided(double s, const MillsCf& c, double sigma, double log_sigma, double log_bma) {
+FB_INLINE KlGrad kl_tail_one_sided(double s, const MillsCf& c, double sigma, double log_sigma, double log_bma,
+                                   bool with_kl) {
   const double g = s + c.c1;
   const double q = 2.0 * c.c1 * c.h2;  // Q(s) = 1 - s·C1(s)
   KlGrad r;
-  r.kl = log_bma - log_sigma - 1.0 + ::log(g) + 0.5 * q;
+  r.kl = with_kl ? log_bma - log_sigma - 1.0 + ::log(g) + 0.5 * q : 0.0;  // the backward skips the log
   r.dmu = g * q / (2.0 * sigma);
   r.dls = -1.0 - 0.5 * g * (s * q);
   return r;
@@ -528,7 +529,7 @@ FB_INLINE GateStats gate_stats_fast(int kind, double mu, double log_sigma, doubl
   } else {
     const double s = -be;
     const MillsCf c0 = mills_cf(s), c1 = mills_cf(s + sigma);
-    st.kl = detail::kl_tail_one_sided(s, c0, sigma, log_sigma, log_bma).kl;
+    st.kl = detail::kl_tail_one_sided(s, c0, sigma, log_sigma, log_bma, true).kl;
     const double g0 = s + c0.c1;
     const double d1 = c1.c1 - c0.c1;
     lm1 = b - ::log1p((sigma + d1) / g0);
@@ -562,7 +563,7 @@ FB_INLINE GateGrad gate_stats_backward_fast(int kind, double grad_kl, double log
     const double l0 = log_ndtr(be);
     r = detail::kl_direct(al, be, detail::phi_over_z(al, l0), detail::phi_over_z(be, l0), l0, sigma, log_sigma, 0.0);
   } else {
-    r = detail::kl_tail_one_sided(-be, mills_cf(-be), sigma, log_sigma, 0.0);
+    r = detail::kl_tail_one_sided(-be, mills_cf(-be), sigma, log_sigma, 0.0, false);
   }
   return {grad_kl * r.dmu, grad_kl * r.dls};
 }
