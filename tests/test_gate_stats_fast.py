@@ -2,8 +2,8 @@
 far-tail-exact path (its line-by-line twin fastbayes.reference.gate_stats) and against mpmath.
 
 The fast path serves the units whose lower end a is far from the mass of q (α² - min(β, 0)² >= FAR_END²) in three
-kinds: deep (β >= FAR_END + 2σ, the log-normal limit), near (-TAIL_S <= β < FAR_END + 2σ; Δ² directly or by its
-Taylor series in σ below TAYLOR_SIGMA) and tail (β < -TAIL_S; Δ² from three continued fractions above
+kinds: deep (β >= FAR_END + 2σ, the log-normal limit), near (-TAIL_S <= β < FAR_END + 2σ; Δ² directly, by its
+Taylor series in σ below TAYLOR_SIGMA, or by quadrature in between) and tail (β < -TAIL_S; Δ² from three continued fractions above
 TAIL_SIGMA_MIN, by quadrature below).  Every switch is probed exactly at and within 1e-12 / 1e-9 relative on
 both sides; ``_fast_kind`` mirrors the C++ classification only to check that both sides are really exercised.
 """
@@ -43,7 +43,7 @@ def _fast_kind(al: float, be: float, sigma: float) -> str:
     if be >= -ref.TAIL_S:
         if sigma >= ref.QUAD_SIGMA * max(-be, 1.0):
             return "near-direct"
-        return "near-taylor" if sigma < TAYLOR_SIGMA else "exact"
+        return "near-taylor" if sigma < TAYLOR_SIGMA else "near-quad"
     return "tail-cf" if sigma >= TAIL_SIGMA_MIN else "tail-quad"
 
 
@@ -85,6 +85,7 @@ def _boundaries():
     out["near_tail"] = [_at_beta(-ref.TAIL_S * (1 + d), s) for s in sig + (0.02, 0.6) for d in D]
     out["taylor_sigma"] = [_at_beta(be, TAYLOR_SIGMA * (1 + d)) for be in (-1.0, -0.3, 0.0, 2.0, 9.5) for d in D]
     out["direct_sigma"] = [_at_beta(be, ref.QUAD_SIGMA * -be * (1 + d)) for be in (-1.5, -3.0, -4.99) for d in D]
+    out["near_quad_sigma"] = [_at_beta(be, TAYLOR_SIGMA * (1 + d)) for be in (-1.5, -3.0, -4.99) for d in D]
     out["tail_sigma"] = [_at_beta(be, TAIL_SIGMA_MIN * (1 + d)) for be in (-5.5, -20.0, -300.0) for d in D]
     return out
 
@@ -121,7 +122,7 @@ def test_fast_path_matches_exact_path_across_each_switch(device, boundary):
 
 def test_every_kind_is_exercised():
     kinds = set().union(*(_kinds(pairs) for pairs in BOUNDARIES.values()))
-    assert kinds == {"exact", "deep", "near-direct", "near-taylor", "tail-cf", "tail-quad"}
+    assert kinds == {"exact", "deep", "near-direct", "near-taylor", "near-quad", "tail-cf", "tail-quad"}
 
 
 # ------------------------------------------------------------------------------------------------- mpmath oracle
@@ -132,6 +133,8 @@ ORACLE_POINTS = [
     # near, Taylor Δ² (σ < 0.1) and direct Δ² (σ >= 0.1·max(1, -β))
     (0.0, 0.00673794699908547), (-0.01, 0.00673794699908547), (0.02, 0.00673794699908547), (-0.3, 0.05),
     (0.2, 0.09), (-0.05, 0.099), (0.0, 0.5), (-1.0, 0.3), (1.0, 0.4), (-2.0, 1.5),
+    # near, quadrature Δ² (-5 <= β < -1, 0.1 <= σ < -β/10)
+    (0.3, 0.12), (0.6, 0.15), (1.0, 0.3),
     # tail, three continued fractions (σ >= 0.02) and quadrature (σ < 0.02)
     (0.2, 0.03), (1.0, 0.05), (3.0, 0.1), (5.0, 0.8), (0.5, 0.019), (0.1, 0.005), (2.0, 1e-4), (0.05, 1e-6),
 ]
@@ -161,7 +164,7 @@ def _mp_stats(mu, sigma, a=A, b=B):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_fast_path_against_mpmath(device):
-    assert _kinds(ORACLE_POINTS) == {"deep", "near-direct", "near-taylor", "tail-cf", "tail-quad"}
+    assert _kinds(ORACLE_POINTS) == {"deep", "near-direct", "near-taylor", "near-quad", "tail-cf", "tail-quad"}
     mu, ls = _units(ORACLE_POINTS)
     # log σ as the kernels see it: σ = exp(log σ) rounded, so the oracle uses that σ too
     sig = ls.exp().tolist()

@@ -17,6 +17,7 @@ constexpr double kHalfLog2PiE = 1.4189385332046727;     // ½·log(2πe)
 constexpr double kLog2 = 0.6931471805599453;
 constexpr double kSqrtHalf = 0.7071067811865476;        // 1/√2, as torch's c10::frac_sqrt_2<double>
 constexpr double kInvSqrtPi = 0.5641895835477563;       // 1/√π
+constexpr double kSqrtHalfPi = 1.2533141373155003;      // √(π/2)
 constexpr double kNdtriAsymptoticR = 26.0;              // reference/special.py::NDTRI_ASYMPTOTIC_R
 
 namespace detail {
@@ -206,6 +207,25 @@ FB_HOST_DEVICE FB_DEVICE_NOINLINE inline MillsCf mills_cf(double x) {
   double h = 0.0;
   for (int k = cf_levels(x); k > 1; --k) h = 1.0 / (x + static_cast<double>(k + 1) * h);
   return {1.0 / (x + 2.0 * h), h};
+}
+
+// mills_cf at N points at once, x[0] the smallest: one depth (x[0]'s, enough for all) and N independent division
+// chains interleaved, so the divider pipelines them instead of waiting out each chain's latency.
+template <int N>
+FB_INLINE void mills_cf_n(const double* x, MillsCf* out) {
+  double xs[N], h[N];
+  FB_UNROLL
+  for (int j = 0; j < N; ++j) {
+    xs[j] = detail::clamp_min(x[j], kTailS);
+    h[j] = 0.0;
+  }
+  for (int k = cf_levels(xs[0]); k > 1; --k) {
+    const double kk = static_cast<double>(k + 1);
+    FB_UNROLL
+    for (int j = 0; j < N; ++j) h[j] = 1.0 / (xs[j] + kk * h[j]);
+  }
+  FB_UNROLL
+  for (int j = 0; j < N; ++j) out[j] = {1.0 / (xs[j] + 2.0 * h[j]), h[j]};
 }
 
 // Continued-fraction pieces of the window [s, s+T] (reference TailPieces).
@@ -426,7 +446,8 @@ FB_INLINE GateGrad gate_stats_backward_exact(double grad_kl, double mu, double l
 //        KL = log(b-a) - log σ - ½log(2πe) - (αφ(α) - βφ(β))/2,  E[θ] = exp(μ + σ²/2),  Δ² = σ²;
 //   near (-TAIL_S <= β < FAR_END + 2σ): the interior forms with Z = Φ(β), log E[θ] = μ + σ²/2 + ℓ(β-σ) - ℓ(β),
 //        Δ² = σ² + ℓ(β-2σ) - 2ℓ(β-σ) + ℓ(β) directly where the reference does so (σ >= QUAD_SIGMA·max(1, -β)),
-//        else (σ < TAYLOR_SIGMA) its even Taylor series about m = β - σ:
+//        else for σ < TAYLOR_SIGMA its even Taylor series about m = β - σ (and for -5 <= β < -1 with
+//        0.1 <= σ < -β/10, delta2's quadrature with v = 1 - λ(x + λ) per node):
 //        Δ² = σ²·[1 + ℓ''(m)] + 2·Σ_{k=2..5} ℓ^(2k)(m)·σ^2k/(2k)!, the ℓ^(n) polynomials in (x, λ) from
 //        λ' = -λ(x + λ) (radius of convergence >= 3.4, the zeros of Φ nearest the real axis, so the next term is
 //        < 1e-15 relative at σ = 0.1; the polynomials cancel at most ~1e-10 relative at x = -5.2 on terms that
@@ -435,8 +456,7 @@ FB_INLINE GateGrad gate_stats_backward_exact(double grad_kl, double mu, double l
 //        log E[θ] = b - log(g(s+σ)/g(s)),  Δ² = -log(g(s+2σ)g(s)/g(s+σ)²) with the numerator expanded in
 //        d_k = C1(s+kσ) - C1(s) (error ~4e-16/σ² relative) for σ >= TAIL_SIGMA_MIN, below it delta2's quadrature
 //        with the one-CF variance C1(2h2 - C1) per node.
-// Everything else (a near the mass, σ ~ b - a, the upper-tail mirror, -5 <= β < -1 with 0.1 <= σ < -β/10) takes
-// the exact path.
+// Everything else (a near the mass, σ ~ b - a, the upper-tail mirror) takes the exact path.
 constexpr double kFarEnd = 10.0;
 constexpr double kTaylorSigma = 0.1;
 constexpr double kTailSigmaMin = 0.02;
@@ -448,9 +468,7 @@ FB_INLINE int fast_kind(double al, double be, double sigma) {
   const double bm = be < 0.0 ? be : 0.0;
   if (!(sigma > 0.0 && al < 0.0 && al * al - bm * bm >= kFarEnd * kFarEnd)) return kFastNone;
   if (be >= kFarEnd + 2.0 * sigma) return kFastDeep;
-  if (be >= -kTailS) {
-    return (sigma < kTaylorSigma || sigma >= kQuadSigma * detail::clamp_min(-be, 1.0)) ? kFastNear : kFastNone;
-  }
+  if (be >= -kTailS) return kFastNear;
   return kFastTail;
 }
 
@@ -460,6 +478,11 @@ namespace detail {
 FB_INLINE double phi_over_z(double x, double log_z) {
   const double e = -0.5 * x * x - kHalfLog2Pi - log_z;
   return e < -746.0 ? 0.0 : ::exp(e);  // exp underflows to 0 below -745.2 anyway; skips the call
+}
+// λ(x) = φ(x)/Φ(x) to a few ulp: 1/(√(π/2)·erfcx(-x/√2)) below x = -1, φ(x)/(erfc(-x/√2)/2) above
+FB_INLINE double inv_mills(double x) {
+  if (x < -1.0) return 1.0 / (kSqrtHalfPi * erfcx_pos(-x * kSqrtHalf));
+  return ::exp(-0.5 * x * x - kHalfLog2Pi) / (0.5 * ::erfc(-x * kSqrtHalf));
 }
 // φ(x): 0 without an exp for the far end of most units (σ ≪ b - a puts it hundreds of σ away)
 FB_INLINE double phi_or_zero(double x) { return phi_over_z(x, 0.0); }
@@ -521,30 +544,45 @@ FB_INLINE GateStats gate_stats_fast(int kind, double mu, double log_sigma, doubl
     lm1 = mu + 0.5 * s2 + (l1 - l0);
     if (sigma >= kQuadSigma * detail::clamp_min(-be, 1.0)) {
       d2 = s2 + ((log_ndtr(be - 2.0 * sigma) - l1) - (l1 - l0));
+    } else if (sigma >= kTaylorSigma) {  // -5 <= β < -1, 0.1 <= σ < -β/10: delta2's quadrature, v by λ per node
+      double acc = 0.0;
+      for (int j = 0; j < 8; ++j) {
+        const double x = be - sigma * (j < 4 ? 1.0 - detail::gj_node(j) : 1.0 + detail::gj_node(j - 4));
+        const double lam = detail::inv_mills(x);
+        acc += detail::gj_weight(j & 3) * (1.0 - lam * (x + lam));
+      }
+      d2 = s2 * acc;
     } else {
-      const double lam = ::exp(-0.5 * m * m - kHalfLog2Pi - l1);
+      // below m = -1, λ(m) by inv_mills: exp(-m²/2 - ½log 2π - ℓ(m)) would carry ulp(m²/2) into the cancelling
+      // 1 - λ(m + λ) (1e-12 relative at m = -5)
+      const double lam = m < -1.0 ? detail::inv_mills(m) : ::exp(-0.5 * m * m - kHalfLog2Pi - l1);
       const double v = 1.0 - lam * (m + lam);  // 1 + ℓ''(m): the variance of N(0,1) truncated above at m
       d2 = s2 * (v + detail::delta2_taylor_terms(m, lam, s2));
     }
   } else {
     const double s = -be;
-    const MillsCf c0 = mills_cf(s), c1 = mills_cf(s + sigma);
-    st.kl = detail::kl_tail_one_sided(s, c0, sigma, log_sigma, log_bma, true).kl;
-    const double g0 = s + c0.c1;
-    const double d1 = c1.c1 - c0.c1;
+    const double xs[3] = {s, s + sigma, s + 2.0 * sigma};
+    MillsCf c[3];
+    mills_cf_n<3>(xs, c);
+    st.kl = detail::kl_tail_one_sided(s, c[0], sigma, log_sigma, log_bma, true).kl;
+    const double g0 = s + c[0].c1;
+    const double d1 = c[1].c1 - c[0].c1;
     lm1 = b - ::log1p((sigma + d1) / g0);
     if (sigma >= kTailSigmaMin) {
-      const double c2 = mills_cf(s + 2.0 * sigma).c1;
-      const double g1 = (s + sigma) + c1.c1;
-      const double dd = (c2 - c1.c1) - d1;                            // C1(s+2σ) - 2C1(s+σ) + C1(s)
+      const double g1 = xs[1] + c[1].c1;
+      const double dd = (c[2].c1 - c[1].c1) - d1;                     // C1(s+2σ) - 2C1(s+σ) + C1(s)
       const double num = g0 * dd - s2 - 2.0 * sigma * d1 - d1 * d1;  // g(s+2σ)g(s) - g(s+σ)²
       d2 = -::log1p(num / (g1 * g1));
     } else {  // delta2's quadrature; the truncated variance of each node is tn_var's tail form with ρ = 0
+      double xn[8];  // ascending: s + σ(1 - ξ3), ..., s + σ(1 - ξ0), s + σ(1 + ξ0), ..., s + σ(1 + ξ3)
+      MillsCf cn[8];
+      for (int j = 0; j < 8; ++j) {
+        xn[j] = s + sigma * (j < 4 ? 1.0 - detail::gj_node(3 - j) : 1.0 + detail::gj_node(j - 4));
+      }
+      mills_cf_n<8>(xn, cn);
       double acc = 0.0;
       for (int j = 0; j < 8; ++j) {
-        const double x = detail::gj_node(j & 3);
-        const MillsCf c = mills_cf(s + sigma * (j < 4 ? 1.0 - x : 1.0 + x));
-        acc += detail::gj_weight(j & 3) * (c.c1 * (2.0 * c.h2 - c.c1));
+        acc += detail::gj_weight(j < 4 ? 3 - j : j - 4) * (cn[j].c1 * (2.0 * cn[j].h2 - cn[j].c1));
       }
       d2 = s2 * acc;
     }
