@@ -1,9 +1,13 @@
 // Log-space special functions and the per-unit statistics of the truncated log-normal gate.
 //
-// Torch-free and header-only: the same code runs in the OpenMP CPU ops and in the CUDA kernels.  Every
-// function mirrors its counterpart in fastbayes/reference/{special,gate_stats}.py operation by operation
-// (same formulas, same evaluation order, the same regime switches), so the backends agree with the
-// reference to a few ulps of its cancellation-free results for μ far outside [a, b] and σ from 1e-6 to 1e3.
+// Torch-free and header-only: the same code runs in the OpenMP CPU ops and in the CUDA kernels.  The
+// far-tail-exact path (gate_stats_exact, gate_stats_backward_exact and everything they call) mirrors its
+// counterpart in fastbayes/reference/{special,gate_stats}.py operation by operation (same formulas, same
+// evaluation order, the same regime switches; only the continued fractions stop earlier where they have
+// converged and skip a window end whose weight underflows to 0), so the backends agree with the reference to a
+// few ulps of its cancellation-free results for μ far outside [a, b] and σ from 1e-6 to 1e3.  gate_stats and
+// gate_stats_backward first try the fast path of the ordinary regime (fast_kind, below), which has no
+// reference twin and is tested against the reference and mpmath (tests/test_gate_stats_fast.py).
 #pragma once
 #include <cmath>
 
