@@ -28,18 +28,4 @@ inline void check_bounds(double a, double b, const char* an, const char* bn) {
               " < ", bn, ", got ", an, "=", a, ", ", bn, "=", b);
 }
 
-inline void check_delta_f_n_args(double a, double b, double reduced_loc, double reduced_scale) {
-  check_bounds(a, b, "a", "b");
-  TORCH_CHECK(std::isfinite(reduced_loc), "reduced_loc must be finite, got ", reduced_loc);
-  TORCH_CHECK(std::isfinite(reduced_scale) && reduced_scale > 0, "reduced_scale must be finite and > 0, got ",
-              reduced_scale);
-}
-
-inline void check_delta_f_u_args(double a, double b, double a2, double b2) {
-  check_bounds(a, b, "a", "b");
-  check_bounds(a2, b2, "a2", "b2");
-  TORCH_CHECK(a <= a2 && b2 <= b, "the reduced support [a2, b2] must lie inside [a, b], got [", a2, ", ", b2,
-              "] and [", a, ", ", b, "]");
-}
-
 }  // namespace fastbayes

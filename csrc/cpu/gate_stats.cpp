@@ -1,7 +1,7 @@
 // The op library fastbayes_C (its one TORCH_LIBRARY block: every schema but the FRAGMENTs of other op
 // families) and the CPU kernels of the per-unit gate statistics: one float64 evaluation of
 // fastbayes/math.h per unit, parallel over units with at::parallel_for (OpenMP).  Inputs may mix
-// dtypes as in the reference; outputs: kl/mean/snr and ∂/∂μ in μ's dtype, ∂/∂log σ in log σ's, ΔF float64.
+// dtypes as in the reference; outputs: kl/mean/snr and ∂/∂μ in μ's dtype, ∂/∂log σ in log σ's.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -15,17 +15,39 @@
 namespace fastbayes {
 namespace {
 
-// One unit costs tens of float64 transcendentals (µs): small chunks already pay for a thread.
-constexpr int64_t kGrain = 64;
+// A unit in the ordinary regime costs ~30 ns (a few exp), one on the far-tail-exact path 0.3-3 µs: below a few
+// hundred units one thread finishes before a second one would start.
+constexpr int64_t kGrain = 256;
+// exact-path units of a chunk are collected and done after its fast ones, so the hot loop stays small
+constexpr int kDeferred = 128;
 
 void check_cpu(const at::Tensor& mu) {
   TORCH_CHECK(mu.device().is_cpu(), "mu must be a CPU tensor for the CPU kernel, got ", mu.device());
 }
 
-template <typename F>
-void for_units(int64_t n, F f) {
+// Per chunk: fast(i, kind, μ, σ, α, β) on the units of the ordinary regime (math.h fast_kind), then exact(i) on the
+// others, in batches of kDeferred.
+template <typename Fast, typename Exact>
+void for_units(int64_t n, const DoubleReader& mr, const DoubleReader& lr, double a, double b, Fast fast,
+               Exact exact) {
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) f(i);
+    int64_t deferred[kDeferred];
+    int nd = 0;
+    for (int64_t i = begin; i < end; ++i) {
+      const double mu = mr[i], sigma = ::exp(lr[i]);
+      const double al = (a - mu) / sigma, be = (b - mu) / sigma;
+      const int kind = fast_kind(al, be, sigma);
+      if (kind != kFastNone) {
+        fast(i, kind, mu, sigma, al, be);
+      } else {
+        deferred[nd++] = i;
+        if (nd == kDeferred) {
+          for (int j = 0; j < nd; ++j) exact(deferred[j]);
+          nd = 0;
+        }
+      }
+    }
+    for (int j = 0; j < nd; ++j) exact(deferred[j]);
   });
 }
 
@@ -39,12 +61,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gate_stats_cpu(const at::Tensor& 
   at::Tensor kl = at::empty_like(m), mean = at::empty_like(m), snr = at::empty_like(m);
   const DoubleReader mr(m), lr(ls);
   const DoubleWriter klw(kl), meanw(mean), snrw(snr);
-  for_units(m.numel(), [&](int64_t i) {
-    const GateStats s = gate_stats(mr[i], lr[i], a, b);
+  const double log_bma = ::log(b - a);
+  const auto put = [&](int64_t i, const GateStats& s) {
     klw.set(i, s.kl);
     meanw.set(i, s.mean);
     snrw.set(i, s.snr);
-  });
+  };
+  for_units(
+      m.numel(), mr, lr, a, b,
+      [&](int64_t i, int kind, double mu, double sigma, double al, double be) {
+        put(i, gate_stats_fast(kind, mu, lr[i], sigma, al, be, b, log_bma));
+      },
+      [&](int64_t i) { put(i, gate_stats_exact(mr[i], lr[i], a, b)); });
   return {kl, mean, snr};
 }
 
@@ -59,43 +87,17 @@ std::tuple<at::Tensor, at::Tensor> gate_stats_backward_cpu(const at::Tensor& gra
   at::Tensor dmu = at::empty_like(m), dls = at::empty_like(ls);
   const DoubleReader gr(g), mr(m), lr(ls);
   const DoubleWriter dmuw(dmu), dlsw(dls);
-  for_units(m.numel(), [&](int64_t i) {
-    const GateGrad d = gate_stats_backward(gr[i], mr[i], lr[i], a, b);
+  const auto put = [&](int64_t i, const GateGrad& d) {
     dmuw.set(i, d.dmu);
     dlsw.set(i, d.dlog_sigma);
-  });
+  };
+  for_units(
+      m.numel(), mr, lr, a, b,
+      [&](int64_t i, int kind, double, double sigma, double al, double be) {
+        put(i, gate_stats_backward_fast(kind, gr[i], lr[i], sigma, al, be));
+      },
+      [&](int64_t i) { put(i, gate_stats_backward_exact(gr[i], mr[i], lr[i], a, b)); });
   return {dmu, dls};
-}
-
-// Shared loop of the two ΔF criteria: float64 output whatever the parameter dtypes.
-template <typename F>
-at::Tensor delta_f_loop(const at::Tensor& mu, const at::Tensor& log_sigma, F f) {
-  const at::Tensor m = mu.contiguous(), ls = log_sigma.contiguous();
-  at::Tensor out = at::empty(m.sizes(), m.options().dtype(at::kDouble));
-  double* op = out.mutable_data_ptr<double>();
-  const DoubleReader mr(m), lr(ls);
-  for_units(m.numel(), [&](int64_t i) { op[i] = f(mr[i], lr[i]); });
-  return out;
-}
-
-at::Tensor delta_f_n_cpu(const at::Tensor& mu, const at::Tensor& log_sigma, double a, double b,
-                         double reduced_loc, double reduced_scale, bool code_offset) {
-  check_unit_tensor(mu, "mu", mu);
-  check_unit_tensor(log_sigma, "log_sigma", mu);
-  check_cpu(mu);
-  check_delta_f_n_args(a, b, reduced_loc, reduced_scale);
-  return delta_f_loop(mu, log_sigma, [=](double m, double ls) {
-    return delta_f_n(m, ls, a, b, reduced_loc, reduced_scale, code_offset);
-  });
-}
-
-at::Tensor delta_f_u_cpu(const at::Tensor& mu, const at::Tensor& log_sigma, double a, double b, double a2,
-                         double b2) {
-  check_unit_tensor(mu, "mu", mu);
-  check_unit_tensor(log_sigma, "log_sigma", mu);
-  check_cpu(mu);
-  check_delta_f_u_args(a, b, a2, b2);
-  return delta_f_loop(mu, log_sigma, [=](double m, double ls) { return delta_f_u(m, ls, a, b, a2, b2); });
 }
 
 }  // namespace
@@ -104,9 +106,6 @@ at::Tensor delta_f_u_cpu(const at::Tensor& mu, const at::Tensor& log_sigma, doub
 TORCH_LIBRARY(fastbayes_C, m) {
   m.def("gate_stats(Tensor mu, Tensor log_sigma, float a, float b) -> (Tensor, Tensor, Tensor)");
   m.def("gate_stats_backward(Tensor grad_kl, Tensor mu, Tensor log_sigma, float a, float b) -> (Tensor, Tensor)");
-  m.def("delta_f_n(Tensor mu, Tensor log_sigma, float a, float b, float reduced_loc, float reduced_scale, "
-        "bool code_offset) -> Tensor");
-  m.def("delta_f_u(Tensor mu, Tensor log_sigma, float a, float b, float a2, float b2) -> Tensor");
   // the primitives of fastbayes/{philox,math}.h, exposed for bit-exactness and accuracy tests
   m.def("philox_uniform(int seed, int offset, int n) -> Tensor");
   m.def("log_ndtr(Tensor x) -> Tensor");
@@ -116,6 +115,4 @@ TORCH_LIBRARY(fastbayes_C, m) {
 TORCH_LIBRARY_IMPL(fastbayes_C, CPU, m) {
   m.impl("gate_stats", &fastbayes::gate_stats_cpu);
   m.impl("gate_stats_backward", &fastbayes::gate_stats_backward_cpu);
-  m.impl("delta_f_n", &fastbayes::delta_f_n_cpu);
-  m.impl("delta_f_u", &fastbayes::delta_f_u_cpu);
 }

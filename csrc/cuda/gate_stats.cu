@@ -29,18 +29,6 @@ __global__ void gate_stats_backward_kernel(const void* grad_kl, int g_t, const v
   }
 }
 
-__global__ void delta_f_n_kernel(const void* mu, int mu_t, const void* log_sigma, int ls_t, double* __restrict__ out,
-                                 int64_t n, double a, double b, double loc, double scale, bool code_offset) {
-  FB_GRID_STRIDE(i, n) {
-    out[i] = delta_f_n(load_any(mu, mu_t, i), load_any(log_sigma, ls_t, i), a, b, loc, scale, code_offset);
-  }
-}
-
-__global__ void delta_f_u_kernel(const void* mu, int mu_t, const void* log_sigma, int ls_t, double* __restrict__ out,
-                                 int64_t n, double a, double b, double a2, double b2) {
-  FB_GRID_STRIDE(i, n) { out[i] = delta_f_u(load_any(mu, mu_t, i), load_any(log_sigma, ls_t, i), a, b, a2, b2); }
-}
-
 cudaError_t finish(int64_t n) { return n == 0 ? cudaSuccess : cudaGetLastError(); }
 
 }  // namespace
@@ -72,28 +60,6 @@ extern "C" cudaError_t fb_gate_stats_backward_cuda(const void* grad_kl, int grad
   if (n > 0) {
     fastbayes::cuda::gate_stats_backward_kernel<<<grid_for(n), kThreads, 0, stream>>>(
         grad_kl, grad_dtype, mu, mu_dtype, log_sigma, log_sigma_dtype, dmu, dlog_sigma, n, a, b);
-  }
-  return fastbayes::cuda::finish(n);
-}
-
-extern "C" cudaError_t fb_delta_f_n_cuda(const void* mu, int mu_dtype, const void* log_sigma, int log_sigma_dtype,
-                                         double* out, int64_t n, double a, double b, double reduced_loc,
-                                         double reduced_scale, int code_offset, cudaStream_t stream) {
-  if (!valid_dtype(mu_dtype) || !valid_dtype(log_sigma_dtype)) return cudaErrorInvalidValue;
-  if (n > 0) {
-    fastbayes::cuda::delta_f_n_kernel<<<grid_for(n), kThreads, 0, stream>>>(
-        mu, mu_dtype, log_sigma, log_sigma_dtype, out, n, a, b, reduced_loc, reduced_scale, code_offset != 0);
-  }
-  return fastbayes::cuda::finish(n);
-}
-
-extern "C" cudaError_t fb_delta_f_u_cuda(const void* mu, int mu_dtype, const void* log_sigma, int log_sigma_dtype,
-                                         double* out, int64_t n, double a, double b, double a2, double b2,
-                                         cudaStream_t stream) {
-  if (!valid_dtype(mu_dtype) || !valid_dtype(log_sigma_dtype)) return cudaErrorInvalidValue;
-  if (n > 0) {
-    fastbayes::cuda::delta_f_u_kernel<<<grid_for(n), kThreads, 0, stream>>>(mu, mu_dtype, log_sigma,
-                                                                            log_sigma_dtype, out, n, a, b, a2, b2);
   }
   return fastbayes::cuda::finish(n);
 }

@@ -24,11 +24,6 @@ cudaError_t fb_gate_stats_cuda(const void* mu, int mu_dtype, const void* log_sig
 cudaError_t fb_gate_stats_backward_cuda(const void* grad_kl, int grad_dtype, const void* mu, int mu_dtype,
                                         const void* log_sigma, int log_sigma_dtype, void* dmu, void* dlog_sigma,
                                         int64_t n, double a, double b, cudaStream_t stream);
-cudaError_t fb_delta_f_n_cuda(const void* mu, int mu_dtype, const void* log_sigma, int log_sigma_dtype, double* out,
-                              int64_t n, double a, double b, double reduced_loc, double reduced_scale,
-                              int code_offset, cudaStream_t stream);
-cudaError_t fb_delta_f_u_cuda(const void* mu, int mu_dtype, const void* log_sigma, int log_sigma_dtype, double* out,
-                              int64_t n, double a, double b, double a2, double b2, cudaStream_t stream);
 // special.cu: elementwise over n elements, out in the input's dtype
 cudaError_t fb_log_ndtr_cuda(int dtype, const void* x, void* out, int64_t n, cudaStream_t stream);
 cudaError_t fb_ndtri_log_cuda(int dtype, const void* logp, void* out, int64_t n, cudaStream_t stream);

@@ -64,36 +64,6 @@ std::tuple<at::Tensor, at::Tensor> gate_stats_backward_cuda(const at::Tensor& gr
   return {dmu, dls};
 }
 
-at::Tensor delta_f_n_cuda(const at::Tensor& mu, const at::Tensor& log_sigma, double a, double b,
-                          double reduced_loc, double reduced_scale, bool code_offset) {
-  check_unit_tensor(mu, "mu", mu);
-  check_unit_tensor(log_sigma, "log_sigma", mu);
-  check_cuda(mu);
-  check_delta_f_n_args(a, b, reduced_loc, reduced_scale);
-  const c10::cuda::CUDAGuard guard(mu.device());
-  const at::Tensor m = mu.contiguous(), ls = log_sigma.contiguous();
-  at::Tensor out = at::empty(m.sizes(), m.options().dtype(at::kDouble));
-  C10_CUDA_CHECK(fb_delta_f_n_cuda(m.const_data_ptr(), dtype_code(m.scalar_type()), ls.const_data_ptr(),
-                                   dtype_code(ls.scalar_type()), out.mutable_data_ptr<double>(), m.numel(), a, b,
-                                   reduced_loc, reduced_scale, code_offset ? 1 : 0, stream()));
-  return out;
-}
-
-at::Tensor delta_f_u_cuda(const at::Tensor& mu, const at::Tensor& log_sigma, double a, double b, double a2,
-                          double b2) {
-  check_unit_tensor(mu, "mu", mu);
-  check_unit_tensor(log_sigma, "log_sigma", mu);
-  check_cuda(mu);
-  check_delta_f_u_args(a, b, a2, b2);
-  const c10::cuda::CUDAGuard guard(mu.device());
-  const at::Tensor m = mu.contiguous(), ls = log_sigma.contiguous();
-  at::Tensor out = at::empty(m.sizes(), m.options().dtype(at::kDouble));
-  C10_CUDA_CHECK(fb_delta_f_u_cuda(m.const_data_ptr(), dtype_code(m.scalar_type()), ls.const_data_ptr(),
-                                   dtype_code(ls.scalar_type()), out.mutable_data_ptr<double>(), m.numel(), a, b,
-                                   a2, b2, stream()));
-  return out;
-}
-
 at::Tensor prepare_elementwise(const at::Tensor& x, const char* name) {
   TORCH_CHECK(is_supported_float(x.scalar_type()), name,
               ": input must be float16, bfloat16, float32 or float64, got ", x.scalar_type());
@@ -125,8 +95,6 @@ at::Tensor ndtri_log_cuda(const at::Tensor& logp) {
 TORCH_LIBRARY_IMPL(fastbayes_C, CUDA, m) {
   m.impl("gate_stats", &fastbayes::gate_stats_cuda);
   m.impl("gate_stats_backward", &fastbayes::gate_stats_backward_cuda);
-  m.impl("delta_f_n", &fastbayes::delta_f_n_cuda);
-  m.impl("delta_f_u", &fastbayes::delta_f_u_cuda);
   m.impl("log_ndtr", &fastbayes::log_ndtr_cuda);
   m.impl("ndtri_log", &fastbayes::ndtri_log_cuda);
 }

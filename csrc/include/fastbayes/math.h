@@ -1,9 +1,13 @@
 // Log-space special functions and the per-unit statistics of the truncated log-normal gate.
 //
-// Torch-free and header-only: the same code runs in the OpenMP CPU ops and in the CUDA kernels.  Every
-// function mirrors its counterpart in fastbayes/reference/{special,gate_stats}.py operation by operation
-// (same formulas, same evaluation order, the same regime switches), so the backends agree with the
-// reference to a few ulps of its cancellation-free results for μ far outside [a, b] and σ from 1e-6 to 1e3.
+// Torch-free and header-only: the same code runs in the OpenMP CPU ops and in the CUDA kernels.  The
+// far-tail-exact path (gate_stats_exact, gate_stats_backward_exact and everything they call) mirrors its
+// counterpart in fastbayes/reference/{special,gate_stats}.py operation by operation (same formulas, same
+// evaluation order, the same regime switches; only the continued fractions stop earlier where they have
+// converged and skip a window end whose weight underflows to 0), so the backends agree with the reference to a
+// few ulps of its cancellation-free results for μ far outside [a, b] and σ from 1e-6 to 1e3.  gate_stats and
+// gate_stats_backward first try the fast path of the ordinary regime (fast_kind, below), which has no
+// reference twin and is tested against the reference and mpmath (tests/test_gate_stats_fast.py).
 #pragma once
 #include <cmath>
 
@@ -17,6 +21,7 @@ constexpr double kHalfLog2PiE = 1.4189385332046727;     // ½·log(2πe)
 constexpr double kLog2 = 0.6931471805599453;
 constexpr double kSqrtHalf = 0.7071067811865476;        // 1/√2, as torch's c10::frac_sqrt_2<double>
 constexpr double kInvSqrtPi = 0.5641895835477563;       // 1/√π
+constexpr double kSqrtHalfPi = 1.2533141373155003;      // √(π/2)
 constexpr double kNdtriAsymptoticR = 26.0;              // reference/special.py::NDTRI_ASYMPTOTIC_R
 
 namespace detail {
@@ -196,11 +201,35 @@ FB_INLINE double sq(double x) { return x * x; }
 struct MillsCf {
   double c1, h2;
 };
+// The CF converges faster the larger x: fewer levels reach the same value to within half an ulp of the
+// 200-level one (measured on x in [5, 200]; CF_TERMS = 32 is needed only below x ~ 8.3).
+FB_INLINE int cf_levels(double x) {
+  return x >= 50.0 ? 8 : x >= 27.0 ? 10 : x >= 19.0 ? 12 : x >= 11.0 ? 16 : x >= 9.0 ? 20 : kCfTerms;
+}
 FB_HOST_DEVICE FB_DEVICE_NOINLINE inline MillsCf mills_cf(double x) {
   x = detail::clamp_min(x, kTailS);
   double h = 0.0;
-  for (int k = kCfTerms; k > 1; --k) h = 1.0 / (x + static_cast<double>(k + 1) * h);
+  for (int k = cf_levels(x); k > 1; --k) h = 1.0 / (x + static_cast<double>(k + 1) * h);
   return {1.0 / (x + 2.0 * h), h};
+}
+
+// mills_cf at N points at once, x[0] the smallest: one depth (x[0]'s, enough for all) and N independent division
+// chains interleaved, so the divider pipelines them instead of waiting out each chain's latency.
+template <int N>
+FB_INLINE void mills_cf_n(const double* x, MillsCf* out) {
+  double xs[N], h[N];
+  FB_UNROLL
+  for (int j = 0; j < N; ++j) {
+    xs[j] = detail::clamp_min(x[j], kTailS);
+    h[j] = 0.0;
+  }
+  for (int k = cf_levels(xs[0]); k > 1; --k) {
+    const double kk = static_cast<double>(k + 1);
+    FB_UNROLL
+    for (int j = 0; j < N; ++j) h[j] = 1.0 / (xs[j] + kk * h[j]);
+  }
+  FB_UNROLL
+  for (int j = 0; j < N; ++j) out[j] = {1.0 / (xs[j] + 2.0 * h[j]), h[j]};
 }
 
 // Continued-fraction pieces of the window [s, s+T] (reference TailPieces).
@@ -210,7 +239,11 @@ struct TailPieces {
 FB_HOST_DEVICE FB_DEVICE_NOINLINE inline TailPieces tail_pieces(double s, double T) {
   s = detail::clamp_min(s, kTailS);
   const double t = s + T;
-  const MillsCf ms = mills_cf(s), mt = mills_cf(t);
+  // Far end beyond exp(-T(s + T/2)) = 0 (T(s+T/2) > 750): ρ and E are exactly 0, and the far end's pieces only
+  // enter multiplied by them (or inside log1p(ν/g(s)) next to -T(s+T/2)), so its CF is skipped; g(t) = t
+  // keeps those products finite.
+  const MillsCf ms = mills_cf(s);
+  const MillsCf mt = T * (s + 0.5 * T) > 750.0 ? MillsCf{0.0, 0.0} : mills_cf(t);
   TailPieces p;
   p.c_s = ms.c1;
   p.h_s = ms.h2;
@@ -249,15 +282,6 @@ FB_HOST_DEVICE FB_DEVICE_NOINLINE inline LogZ log_z_parts(double lo, double hi, 
 
 FB_INLINE double log_z_value(const LogZ& z) {
   return z.tail ? z.L - 0.5 * z.s * z.s - kHalfLog2Pi : z.L;
-}
-
-// log Z1 - log Z0 for two windows of the same N(μ, σ²); c1, c0 the x-space anchors (a/b ends).
-FB_INLINE double log_z_diff(const LogZ& z1, double c1, const LogZ& z0, double c0, double mu, double sigma) {
-  if (z1.tail && z0.tail && z1.flip == z0.flip) {
-    const double both = -(c1 - c0) * (c1 + c0 - 2.0 * mu) / (2.0 * sigma * sigma);
-    return both + z1.L - z0.L;
-  }
-  return log_z_value(z1) - log_z_value(z0);
 }
 
 // Variance of N(0, 1) truncated to [lo, hi], T = hi - lo (reference tn_var).
@@ -391,7 +415,8 @@ struct GateStats {
   double kl, mean, snr;
 };
 
-FB_INLINE GateStats gate_stats(double mu, double log_sigma, double a, double b) {
+// The far-tail-exact path: every regime of the reference.
+FB_INLINE GateStats gate_stats_exact(double mu, double log_sigma, double a, double b) {
   const double sigma = ::exp(log_sigma);
   GateStats st;
   st.kl = kl_parts(mu, sigma, a, b).kl;
@@ -409,52 +434,198 @@ struct GateGrad {
   double dmu, dlog_sigma;
 };
 
-// (∂L/∂μ, ∂L/∂log σ) from ∂L/∂KL.
-FB_INLINE GateGrad gate_stats_backward(double grad_kl, double mu, double log_sigma, double a, double b) {
+FB_INLINE GateGrad gate_stats_backward_exact(double grad_kl, double mu, double log_sigma, double a, double b) {
   const KlGrad r = kl_parts(mu, ::exp(log_sigma), a, b);
   return {grad_kl * r.dmu, grad_kl * r.dls};
 }
 
-// ΔF for a TruncatedLogNormal(reduced_loc, reduced_scale) reduced prior (BMRS_N), every log Z split at its
-// anchor and the quadratics combined exactly (reference delta_f_n); code_offset adds the +½log 2π of the
-// released BMRS code.
-FB_INLINE double delta_f_n(double mu, double log_sigma, double a, double b, double reduced_loc,
-                           double reduced_scale, bool code_offset) {
-  using detail::sq;
-  const double sigma = ::exp(log_sigma);
-  const double mp = reduced_loc, sp = reduced_scale;
-  const double sp2 = sp * sp, s2 = sigma * sigma;
-  const double tot = s2 + sp2;
-  const double sqq = sigma * sp / ::sqrt(tot);  // σ̃q
-  const LogZ zq = log_z_parts((a - mu) / sigma, (b - mu) / sigma, (b - a) / sigma);
-  const LogZ zr = log_z_parts(((a - mu) * sp2 + (a - mp) * s2) / (tot * sqq),
-                              ((b - mu) * sp2 + (b - mp) * s2) / (tot * sqq), (b - a) / sqq);
-  const LogZ zp = log_z_parts((a - mp) / sp, (b - mp) / sp, (b - a) / sp);
-  const double cq = zq.flip ? b : a, cr = zr.flip ? b : a, cp = zp.flip ? b : a;
-  double qq;
-  if (zr.tail) {
-    const double part_q = (zq.tail ? (cq - cr) * (cq + cr - 2.0 * mu) : -sq(cr - mu)) / (2.0 * s2);
-    const double part_p = (zp.tail ? (cp - cr) * (cp + cr - 2.0 * mp) : -sq(cr - mp)) / (2.0 * sp2);
-    qq = part_q + part_p;
-  } else {
-    const double qq_q = zq.tail ? sq(cq - mu) * sp2 / (2.0 * s2 * tot) - (cq - mp) * (2.0 * mu - cq - mp) / (2.0 * tot)
-                                : -sq(mu - mp) / (2.0 * tot);
-    qq = qq_q + (zp.tail ? sq(cp - mp) / (2.0 * sp2) : 0.0);
-  }
-  const double n_tail = (static_cast<double>(zq.tail) + static_cast<double>(zp.tail)) - static_cast<double>(zr.tail);
-  const double df = ::log(b - a) - 0.5 * ::log(2.0 * 3.141592653589793 * tot) + (zr.L - zq.L - zp.L) +
-                    kHalfLog2Pi * n_tail + qq;
-  return code_offset ? df + kHalfLog2Pi : df;
+// ---------------------------------------------------------------------------------------------------
+// Fast path: the ordinary regime, where the lower end a is far from the mass of q (α² - min(β, 0)² >= FAR_END²,
+// α < 0: every window [α-w, β-w], 0 <= w <= 2σ, then has Φ(α-w)/Φ(β-w) <= e^-50, and a tail factor
+// x²·exp(-x²/2) <= 2e-18 for x² = α² - β² >= 100), so q is N(μ, σ²) truncated above at b only and everything is a
+// function of u = β (and σ) through ℓ(x) = log Φ(x) and λ(x) = ℓ'(x) = φ(x)/Φ(x).  Relative to the exact forms
+// the neglected terms are below 1e-17; this is where training keeps the gates (init μ = 0 = b, σ = e^-5 ≪ b - a).
+// Three kinds, each a few transcendentals instead of the exact path's dozens:
+//   deep (β >= FAR_END + 2σ): Φ(β-w) = 1 as well, the log-normal limit: log Z = 0,
+//        KL = log(b-a) - log σ - ½log(2πe) - (αφ(α) - βφ(β))/2,  E[θ] = exp(μ + σ²/2),  Δ² = σ²;
+//   near (-TAIL_S <= β < FAR_END + 2σ): the interior forms with Z = Φ(β), log E[θ] = μ + σ²/2 + ℓ(β-σ) - ℓ(β),
+//        Δ² = σ² + ℓ(β-2σ) - 2ℓ(β-σ) + ℓ(β) directly where the reference does so (σ >= QUAD_SIGMA·max(1, -β)),
+//        else for σ < TAYLOR_SIGMA its even Taylor series about m = β - σ (and for -5 <= β < -1 with
+//        0.1 <= σ < -β/10, delta2's quadrature with v = 1 - λ(x + λ) per node):
+//        Δ² = σ²·[1 + ℓ''(m)] + 2·Σ_{k=2..5} ℓ^(2k)(m)·σ^2k/(2k)!, the ℓ^(n) polynomials in (x, λ) from
+//        λ' = -λ(x + λ) (radius of convergence >= 3.4, the zeros of Φ nearest the real axis, so the next term is
+//        < 1e-15 relative at σ = 0.1; the polynomials cancel at most ~1e-10 relative at x = -5.2 on terms that
+//        weigh < 1e-6 there);
+//   tail (β < -TAIL_S): the continued-fraction forms with ρ = 0, s = -β, g(x) = x + C1(x):
+//        log E[θ] = b - log(g(s+σ)/g(s)),  Δ² = -log(g(s+2σ)g(s)/g(s+σ)²) with the numerator expanded in
+//        d_k = C1(s+kσ) - C1(s) (error ~4e-16/σ² relative) for σ >= TAIL_SIGMA_MIN, below it delta2's quadrature
+//        with the one-CF variance C1(2h2 - C1) per node.
+// Everything else (a near the mass, σ ~ b - a, the upper-tail mirror) takes the exact path.
+constexpr double kFarEnd = 10.0;
+constexpr double kTaylorSigma = 0.1;
+constexpr double kTailSigmaMin = 0.02;
+
+enum FastKind : int { kFastNone = 0, kFastDeep = 1, kFastNear = 2, kFastTail = 3 };
+
+// Which fast kind serves (α, β, σ); kFastNone (the exact path) for NaN too.
+FB_INLINE int fast_kind(double al, double be, double sigma) {
+  const double bm = be < 0.0 ? be : 0.0;
+  if (!(sigma > 0.0 && al < 0.0 && al * al - bm * bm >= kFarEnd * kFarEnd)) return kFastNone;
+  if (be >= kFarEnd + 2.0 * sigma) return kFastDeep;
+  if (be >= -kTailS) return kFastNear;
+  return kFastTail;
 }
 
-// ΔF for a LogUniform(a2, b2) reduced prior, a <= a2 < b2 <= b (BMRS_U): a log Z difference with the
-// anchors folded.
-FB_INLINE double delta_f_u(double mu, double log_sigma, double a, double b, double a2, double b2) {
+namespace detail {
+// φ(x)/Z from log Z.  The far end's φ(α)/Z is kept although it is < 1e-21 next to 1/σ: at the window centre
+// ∂KL/∂μ is the difference of the two ends' terms and must come out 0 as in the exact path.
+FB_INLINE double phi_over_z(double x, double log_z) {
+  const double e = -0.5 * x * x - kHalfLog2Pi - log_z;
+  return e < -746.0 ? 0.0 : ::exp(e);  // exp underflows to 0 below -745.2 anyway; skips the call
+}
+// λ(x) = φ(x)/Φ(x) to a few ulp: 1/(√(π/2)·erfcx(-x/√2)) below x = -1, φ(x)/(erfc(-x/√2)/2) above
+FB_INLINE double inv_mills(double x) {
+  if (x < -1.0) return 1.0 / (kSqrtHalfPi * erfcx_pos(-x * kSqrtHalf));
+  return ::exp(-0.5 * x * x - kHalfLog2Pi) / (0.5 * ::erfc(-x * kSqrtHalf));
+}
+// φ(x): 0 without an exp for the far end of most units (σ ≪ b - a puts it hundreds of σ away)
+FB_INLINE double phi_or_zero(double x) { return phi_over_z(x, 0.0); }
+
+// KL and gradients by kl_parts' interior forms, given pa = φ(α)/Z, pb = φ(β)/Z and log Z.
+FB_INLINE KlGrad kl_direct(double al, double be, double pa, double pb, double log_z, double sigma, double log_sigma,
+                           double log_bma) {
+  const double nz = al * pa - be * pb;
+  KlGrad r;
+  r.kl = log_bma - log_sigma - log_z - kHalfLog2PiE - 0.5 * nz;
+  const double dz_mu = (pa - pb) / sigma;
+  const double dn_mu = (pb * (1 - be * be) - pa * (1 - al * al)) / sigma;
+  r.dmu = -dz_mu - 0.5 * (dn_mu - nz * dz_mu);
+  const double dn_ls = be * pb * (1 - be * be) - al * pa * (1 - al * al);
+  r.dls = -1.0 - nz - 0.5 * (dn_ls - nz * nz);
+  return r;
+}
+
+// Σ_{k=2..5} 2·ℓ^(2k)(x)·s2^(k-1)/(2k)!, L = λ(x), s2 = σ²: the Taylor terms of Δ²/σ² beyond 1 + ℓ''(x)
+// (polynomials generated by symbolic differentiation, Horner in L over Horner in x).
+FB_INLINE double delta2_taylor_terms(double x, double L, double s2) {
+  const double p4 = ((((-6.0 * L + -12.0 * x) * L + (-7.0 * x * x + 4.0)) * L + (((-x) * x + 3.0) * x)) * L);
+  const double p6 = ((((((-120.0 * L + -360.0 * x) * L + (-390.0 * x * x + 120.0)) * L + ((-180.0 * x * x + 210.0) * x)) * L + (((-31.0 * x * x + 101.0) * x) * x - 28.0)) * L + (((((-x) * x + 10.0) * x) * x - 15.0) * x)) * L);
+  const double p8 = ((((((((-5040.0 * L + -20160.0 * x) * L + (-31920.0 * x * x + 6720.0)) * L + ((-25200.0 * x * x + 18480.0) * x)) * L + (((-10206.0 * x * x + 17976.0) * x) * x - 2688.0)) * L + ((((-1932.0 * x * x + 7196.0) * x) * x - 4088.0) * x)) * L + (((((-127.0 * x * x + 1002.0) * x) * x - 1599.0) * x) * x + 288.0)) * L + (((((((-x) * x + 21.0) * x) * x - 105.0) * x) * x + 105.0) * x)) * L);
+  const double p10 = ((((((((((-362880.0 * L + -1814400.0 * x) * L + (-3780000.0 * x * x + 604800.0)) * L + ((-4233600.0 * x * x + 2268000.0) * x)) * L + (((-2739240.0 * x * x + 3331440.0) * x) * x - 342720.0)) * L + ((((-1020600.0 * x * x + 2404080.0) * x) * x - 861840.0) * x)) * L + (((((-204630.0 * x * x + 870120.0) * x) * x - 749970.0) * x) * x + 72960.0)) * L + ((((((-18660.0 * x * x + 141630.0) * x) * x - 258780.0) * x) * x + 95850.0) * x)) * L + (((((((-511.0 * x * x + 7387.0) * x) * x - 28767.0) * x) * x + 30111.0) * x) * x - 3984.0)) * L + (((((((((-x) * x + 36.0) * x) * x - 378.0) * x) * x + 1260.0) * x) * x - 945.0) * x)) * L);
+  return s2 * (p4 / 12.0 + s2 * (p6 / 360.0 + s2 * (p8 / 20160.0 + s2 * (p10 / 1814400.0))));
+}
+
+// The b-tail pieces at s = -β (ρ = 0): KL and gradients (kl_parts' tail forms with ρ = E = 0).
+FB_INLINE KlGrad kl_tail_one_sided(double s, const MillsCf& c, double sigma, double log_sigma, double log_bma,
+                                   bool with_kl) {
+  const double g = s + c.c1;
+  const double q = 2.0 * c.c1 * c.h2;  // Q(s) = 1 - s·C1(s)
+  KlGrad r;
+  r.kl = with_kl ? log_bma - log_sigma - 1.0 + ::log(g) + 0.5 * q : 0.0;  // the backward skips the log
+  r.dmu = g * q / (2.0 * sigma);
+  r.dls = -1.0 - 0.5 * g * (s * q);
+  return r;
+}
+}  // namespace detail
+
+// log_bma = log(b - a), hoisted by the caller; kind = fast_kind(α, β, σ) != kFastNone.
+FB_INLINE GateStats gate_stats_fast(int kind, double mu, double log_sigma, double sigma, double al, double be,
+                                    double b, double log_bma) {
+  const double s2 = sigma * sigma;
+  GateStats st;
+  double lm1, d2;
+  if (kind == kFastDeep) {
+    st.kl = detail::kl_direct(al, be, detail::phi_or_zero(al), detail::phi_or_zero(be), 0.0, sigma, log_sigma,
+                              log_bma).kl;
+    lm1 = mu + 0.5 * s2;
+    d2 = s2;
+  } else if (kind == kFastNear) {
+    const double l0 = log_ndtr(be);
+    st.kl = detail::kl_direct(al, be, detail::phi_over_z(al, l0), detail::phi_over_z(be, l0), l0, sigma, log_sigma,
+                              log_bma).kl;
+    const double m = be - sigma;
+    const double l1 = log_ndtr(m);
+    lm1 = mu + 0.5 * s2 + (l1 - l0);
+    if (sigma >= kQuadSigma * detail::clamp_min(-be, 1.0)) {
+      d2 = s2 + ((log_ndtr(be - 2.0 * sigma) - l1) - (l1 - l0));
+    } else if (sigma >= kTaylorSigma) {  // -5 <= β < -1, 0.1 <= σ < -β/10: delta2's quadrature, v by λ per node
+      double acc = 0.0;
+      for (int j = 0; j < 8; ++j) {
+        const double x = be - sigma * (j < 4 ? 1.0 - detail::gj_node(j) : 1.0 + detail::gj_node(j - 4));
+        const double lam = detail::inv_mills(x);
+        acc += detail::gj_weight(j & 3) * (1.0 - lam * (x + lam));
+      }
+      d2 = s2 * acc;
+    } else {
+      // below m = -1, λ(m) by inv_mills: exp(-m²/2 - ½log 2π - ℓ(m)) would carry ulp(m²/2) into the cancelling
+      // 1 - λ(m + λ) (1e-12 relative at m = -5)
+      const double lam = m < -1.0 ? detail::inv_mills(m) : ::exp(-0.5 * m * m - kHalfLog2Pi - l1);
+      const double v = 1.0 - lam * (m + lam);  // 1 + ℓ''(m): the variance of N(0,1) truncated above at m
+      d2 = s2 * (v + detail::delta2_taylor_terms(m, lam, s2));
+    }
+  } else {
+    const double s = -be;
+    const double xs[3] = {s, s + sigma, s + 2.0 * sigma};
+    MillsCf c[3];
+    mills_cf_n<3>(xs, c);
+    st.kl = detail::kl_tail_one_sided(s, c[0], sigma, log_sigma, log_bma, true).kl;
+    const double g0 = s + c[0].c1;
+    const double d1 = c[1].c1 - c[0].c1;
+    lm1 = b - ::log1p((sigma + d1) / g0);
+    if (sigma >= kTailSigmaMin) {
+      const double g1 = xs[1] + c[1].c1;
+      const double dd = (c[2].c1 - c[1].c1) - d1;                     // C1(s+2σ) - 2C1(s+σ) + C1(s)
+      const double num = g0 * dd - s2 - 2.0 * sigma * d1 - d1 * d1;  // g(s+2σ)g(s) - g(s+σ)²
+      d2 = -::log1p(num / (g1 * g1));
+    } else {  // delta2's quadrature; the truncated variance of each node is tn_var's tail form with ρ = 0
+      double xn[8];  // ascending: s + σ(1 - ξ3), ..., s + σ(1 - ξ0), s + σ(1 + ξ0), ..., s + σ(1 + ξ3)
+      MillsCf cn[8];
+      for (int j = 0; j < 8; ++j) {
+        xn[j] = s + sigma * (j < 4 ? 1.0 - detail::gj_node(3 - j) : 1.0 + detail::gj_node(j - 4));
+      }
+      mills_cf_n<8>(xn, cn);
+      double acc = 0.0;
+      for (int j = 0; j < 8; ++j) {
+        acc += detail::gj_weight(j < 4 ? 3 - j : j - 4) * (cn[j].c1 * (2.0 * cn[j].h2 - cn[j].c1));
+      }
+      d2 = s2 * acc;
+    }
+  }
+  st.mean = ::exp(lm1);
+  st.snr = 1.0 / ::sqrt(::expm1(detail::clamp_min(d2, 0.0)));
+  return st;
+}
+
+FB_INLINE GateGrad gate_stats_backward_fast(int kind, double grad_kl, double log_sigma, double sigma, double al,
+                                            double be) {
+  KlGrad r;
+  if (kind == kFastDeep) {
+    r = detail::kl_direct(al, be, detail::phi_or_zero(al), detail::phi_or_zero(be), 0.0, sigma, log_sigma, 0.0);
+  } else if (kind == kFastNear) {
+    const double l0 = log_ndtr(be);
+    r = detail::kl_direct(al, be, detail::phi_over_z(al, l0), detail::phi_over_z(be, l0), l0, sigma, log_sigma, 0.0);
+  } else {
+    r = detail::kl_tail_one_sided(-be, mills_cf(-be), sigma, log_sigma, 0.0, false);
+  }
+  return {grad_kl * r.dmu, grad_kl * r.dls};
+}
+
+// (kl, E[θ], SNR) per unit: the fast path in the ordinary regime, the far-tail-exact path elsewhere.
+FB_INLINE GateStats gate_stats(double mu, double log_sigma, double a, double b) {
   const double sigma = ::exp(log_sigma);
-  const LogZ z2 = log_z_parts((a2 - mu) / sigma, (b2 - mu) / sigma, (b2 - a2) / sigma);
-  const LogZ z0 = log_z_parts((a - mu) / sigma, (b - mu) / sigma, (b - a) / sigma);
-  const double c2 = z2.flip ? b2 : a2, c0 = z0.flip ? b : a;
-  return log_z_diff(z2, c2, z0, c0, mu, sigma) - ::log((b2 - a2) / (b - a));
+  const double al = (a - mu) / sigma, be = (b - mu) / sigma;
+  const int kind = fast_kind(al, be, sigma);
+  if (kind != kFastNone) return gate_stats_fast(kind, mu, log_sigma, sigma, al, be, b, ::log(b - a));
+  return gate_stats_exact(mu, log_sigma, a, b);
+}
+
+// (∂L/∂μ, ∂L/∂log σ) from ∂L/∂KL, same split.
+FB_INLINE GateGrad gate_stats_backward(double grad_kl, double mu, double log_sigma, double a, double b) {
+  const double sigma = ::exp(log_sigma);
+  const double al = (a - mu) / sigma, be = (b - mu) / sigma;
+  const int kind = fast_kind(al, be, sigma);
+  if (kind != kFastNone) return gate_stats_backward_fast(kind, grad_kl, log_sigma, sigma, al, be);
+  return gate_stats_backward_exact(grad_kl, mu, log_sigma, a, b);
 }
 
 }  // namespace fastbayes
