@@ -417,7 +417,7 @@ def test_import_without_gpu_or_interpreter():
     """Importing the kernels must not need a GPU; using CPU tensors without the interpreter is a ValueError."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["CUDA_VISIBLE_DEVICES"] = ""
-    code = ("import torch, kernels\n"
+    code = ("import torch\nfrom fastbayes import kernels\n"
             "x = torch.zeros(3, dtype=torch.float64)\n"
             "try:\n    kernels.gate_stats(x, x)\nexcept ValueError as e:\n    assert 'TRITON_INTERPRET' in str(e), e\n"
             "else:\n    raise SystemExit('no ValueError')\n")
