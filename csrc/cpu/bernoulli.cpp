@@ -7,7 +7,8 @@
 // (any dtype, no rounding), with memcpy/memset for whole (row, unit) segments when S > 1.  The backward writes
 // dx = g·ξ the same way and sums g·x per unit in double, over a partition into chunks that depends only on the
 // shape, then adds the chunks in order: results do not depend on the thread count, and there are no atomics.
-// The element loops are compiled three times, baseline x86-64, AVX2 and AVX-512, picked at run time.
+// The element loops and the Philox draws are compiled three times, baseline x86-64, AVX2 and AVX-512, picked at run
+// time by csrc/cpu/isa.h (FASTBAYES_CPU_ISA caps it).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -22,6 +23,8 @@
 #include <vector>
 
 #include "fastbayes/philox.h"
+#include "isa.h"
+#include "philox_simd.h"
 
 namespace fastbayes {
 namespace {
@@ -99,16 +102,22 @@ struct DrawArgs {
   uint8_t* xi;  // [N, C]
 };
 
-// ξ[n, c] = keep[c] & (u(offset + n·C + c) < θ[c]) for table rows [lo, hi).
+constexpr int kDrawBlock = 256;  // uniforms per Philox call: a stack buffer in L1
+
+// ξ[n, c] = keep[c] & (u(offset + n·C + c) < θ[c]) for table rows [lo, hi); Philox in the ISA's vector width.
+template <int kIsa>
 FB_AI void draw_range(const DrawArgs& A, int64_t lo, int64_t hi) {
   const int64_t C = A.C;
   const float* __restrict th = A.theta;
+  alignas(64) float u[kDrawBlock];
   for (int64_t n = lo; n < hi; ++n) {
     uint8_t* __restrict out = A.xi + n * C;
     const uint64_t base = A.offset + static_cast<uint64_t>(n * C);
+    for (int64_t c0 = 0; c0 < C; c0 += kDrawBlock) {
+      const int m = static_cast<int>(std::min<int64_t>(kDrawBlock, C - c0));
+      cpu::philox_block<kIsa>(m, A.seed, base + static_cast<uint64_t>(c0), u);
 #pragma omp simd
-    for (int64_t c = 0; c < C; ++c) {
-      out[c] = static_cast<uint8_t>(philox_uniform(A.seed, base + static_cast<uint64_t>(c)) < th[c]);
+      for (int c = 0; c < m; ++c) out[c0 + c] = static_cast<uint8_t>(u[c] < th[c0 + c]);
     }
     if (A.keep) {
       for (int64_t c = 0; c < C; ++c) out[c] &= A.keep[c];
@@ -218,8 +227,8 @@ FB_AI void backward_range(const BwdArgs<X, G>& A, int64_t klo, int64_t khi) {
   }
 }
 
-#define FB_ISA_WORKERS(attr, sfx)                                                             \
-  attr void draw_##sfx(const DrawArgs& a, int64_t lo, int64_t hi) { draw_range(a, lo, hi); }  \
+#define FB_ISA_WORKERS(attr, sfx, isa)                                                        \
+  attr void draw_##sfx(const DrawArgs& a, int64_t lo, int64_t hi) { draw_range<isa>(a, lo, hi); } \
   template <typename X>                                                                       \
   attr void forward_##sfx(const FwdArgs<X>& a, int64_t lo, int64_t hi) {                      \
     forward_range<X>(a, lo, hi);                                                              \
@@ -229,34 +238,14 @@ FB_AI void backward_range(const BwdArgs<X, G>& A, int64_t klo, int64_t khi) {
     backward_range<X, G>(a, lo, hi);                                                          \
   }
 
-// Philox's 32x32->64 multiplies run 8 lanes wide with AVX-512 (vpmuludq zmm), 4 with AVX2.
-FB_ISA_WORKERS(, base)
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FB_HAVE_X86_PATHS 1
-FB_ISA_WORKERS(__attribute__((target("avx2"))), avx2)
-FB_ISA_WORKERS(__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,prefer-vector-width=512"))), avx512)
-#endif
-
-enum class Isa { kBase, kAvx2, kAvx512 };
-
-Isa isa() {
-#ifdef FB_HAVE_X86_PATHS
-  static const Isa best = (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-                           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
-                              ? Isa::kAvx512
-                          : __builtin_cpu_supports("avx2") ? Isa::kAvx2
-                                                           : Isa::kBase;
-  return best;
-#else
-  return Isa::kBase;
-#endif
-}
-
-#ifdef FB_HAVE_X86_PATHS
-#define FB_PICK(name, ...)                                                                    \
-  (isa() == Isa::kAvx512 ? &name##_avx512 __VA_OPT__(<__VA_ARGS__>)                           \
-   : isa() == Isa::kAvx2 ? &name##_avx2 __VA_OPT__(<__VA_ARGS__>)                             \
-                         : &name##_base __VA_OPT__(<__VA_ARGS__>))
+FB_ISA_WORKERS(, base, cpu::kBase)
+#ifdef FB_X86_PATHS
+FB_ISA_WORKERS(__attribute__((target(FB_AVX2_TARGET))), avx2, cpu::kAvx2)
+FB_ISA_WORKERS(__attribute__((target(FB_AVX512_TARGET))), avx512, cpu::kAvx512)
+#define FB_PICK(name, ...)                                                                          \
+  (cpu::best_isa() == cpu::kAvx512 ? &name##_avx512 __VA_OPT__(<__VA_ARGS__>)                       \
+   : cpu::best_isa() == cpu::kAvx2 ? &name##_avx2 __VA_OPT__(<__VA_ARGS__>)                         \
+                                   : &name##_base __VA_OPT__(<__VA_ARGS__>))
 #else
 #define FB_PICK(name, ...) (&name##_base __VA_OPT__(<__VA_ARGS__>))
 #endif
