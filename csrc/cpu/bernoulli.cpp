@@ -103,6 +103,7 @@ struct DrawArgs {
 };
 
 constexpr int kDrawBlock = 256;  // uniforms per Philox call: a stack buffer in L1
+static_assert(cpu::philox_padded<cpu::kAvx512>(kDrawBlock) == kDrawBlock, "Philox writes whole vector groups");
 
 // ξ[n, c] = keep[c] & (u(offset + n·C + c) < θ[c]) for table rows [lo, hi); Philox in the ISA's vector width.
 template <int kIsa>

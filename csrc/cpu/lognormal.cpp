@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string_view>
 #include <tuple>
 #include <type_traits>
@@ -38,6 +39,7 @@ namespace {
 
 constexpr int kLanes = 128;              // draws per block: stack arrays stay in L1
 constexpr int64_t kGrainElems = 32768;   // elements per parallel_for chunk for the streaming passes
+constexpr int64_t kGrainDraws = 4096;    // elements per chunk where each draws (~5 ns): a second thread pays off
 constexpr int64_t kMaxChunks = 64;       // backward partition (fixed by the shape, not by the thread count)
 constexpr int64_t kUnitTile = 2048;      // units per tile of the S == 1 backward: 8 KiB runs per row and stream
 
@@ -89,6 +91,8 @@ Lanes<T, kUniform> lanes_at(const UnitTable<T>& u, int64_t c0) {
           u.lf.data() + c0, u.r.data() + c0, u.s.data() + c0, u.phib.data() + c0, u.phibc.data() + c0,
           kUniform ? u.flags[c0] : u.block_flags[c0 / kLanes]};
 }
+
+static_assert(cpu::philox_padded<cpu::kAvx512>(kLanes) == kLanes, "Philox writes whole vector groups");
 
 struct DrawBlock {
   alignas(64) float u[kLanes];
@@ -650,8 +654,10 @@ void make_table(bool backward, const UnitTable<float>& U, const Draw& D, int64_t
   }
 }
 
-Chunks make_chunks(int64_t items, int64_t numel, int64_t C) {
-  int64_t k = std::clamp<int64_t>(numel / kGrainElems, 1, kMaxChunks);
+// `grain`: elements per chunk worth a thread (kGrainElems for the memory-bound passes, kGrainDraws where every
+// element draws).
+Chunks make_chunks(int64_t items, int64_t numel, int64_t C, int64_t grain) {
+  int64_t k = std::clamp<int64_t>(numel / grain, 1, kMaxChunks);
   // the chunks' 2·C double accumulators are zeroed and summed: keep them under ~1/8 of the 12 bytes/element moved
   k = std::min<int64_t>(k, std::max<int64_t>(1, numel * 3 / (32 * std::max<int64_t>(C, 1))));
   k = std::max<int64_t>(1, std::min(k, items));
@@ -875,6 +881,39 @@ UnitTable<T> unit_table(const at::Tensor& mu, const at::Tensor& log_sigma, const
   return u;
 }
 
+// unit_table behind a one-entry cache per thread, keyed by the bytes of (μ, log σ, mask, a, b): a training step's
+// backward finds the table of its forward (the prologue costs ~50 ns a unit, as much as the whole pass over a
+// small activation).  Keyed by content, not by tensor identity, so an in-place update or a reused allocation can
+// never return a stale table.
+template <typename T>
+std::shared_ptr<const UnitTable<T>> unit_table_cached(const at::Tensor& mu_in, const at::Tensor& log_sigma_in,
+                                                      const std::optional<at::Tensor>& mask, double a, double b) {
+  struct Entry {
+    std::vector<char> key;
+    std::shared_ptr<const UnitTable<T>> table;
+  };
+  thread_local Entry cache;
+  const at::Tensor mu = mu_in.contiguous(), ls = log_sigma_in.contiguous();
+  const size_t nb = static_cast<size_t>(mu.numel()) * mu.element_size();
+  const at::Tensor mk = mask ? mask->contiguous() : at::Tensor();
+  const size_t nm = mask ? static_cast<size_t>(mk.numel()) : 0;
+  std::vector<char> key(2 * sizeof(double) + 2 + 2 * nb + nm);
+  char* k = key.data();
+  std::memcpy(k, &a, sizeof(double));
+  std::memcpy(k + sizeof(double), &b, sizeof(double));
+  k[2 * sizeof(double)] = static_cast<char>(mu.scalar_type());
+  k[2 * sizeof(double) + 1] = mask ? 1 : 0;
+  k += 2 * sizeof(double) + 2;
+  std::memcpy(k, mu.const_data_ptr(), nb);
+  std::memcpy(k + nb, ls.const_data_ptr(), nb);
+  if (nm) std::memcpy(k + 2 * nb, mk.const_data_ptr(), nm);
+  if (cache.table && key == cache.key) return cache.table;
+  auto table = std::make_shared<const UnitTable<T>>(unit_table<T>(mu, ls, mask, a, b));
+  cache.key = std::move(key);
+  cache.table = table;
+  return table;
+}
+
 at::Tensor lognormal_noise_cpu(const at::Tensor& x_in, const at::Tensor& mu, const at::Tensor& log_sigma,
                                const std::optional<at::Tensor>& mask, double a, double b, int64_t dim,
                                c10::string_view granularity, int64_t seed, int64_t offset) {
@@ -884,12 +923,14 @@ at::Tensor lognormal_noise_cpu(const at::Tensor& x_in, const at::Tensor& mu, con
   if (x.numel() == 0) return y;
   const uint64_t sd = static_cast<uint64_t>(seed), off = static_cast<uint64_t>(offset);
   if (x.scalar_type() == at::kDouble) {
-    const UnitTable<double> U = unit_table<double>(mu, log_sigma, mask, a, b);
+    const auto Up = unit_table_cached<double>(mu, log_sigma, mask, a, b);
+    const UnitTable<double>& U = *Up;
     double_forward(x.const_data_ptr<double>(), y.mutable_data_ptr<double>(),
                    DoubleArgs{&U, sd, off, a, b, ck.shape, ck.gran});
     return y;
   }
-  const UnitTable<float> U = unit_table<float>(mu, log_sigma, mask, a, b);
+  const auto Up = unit_table_cached<float>(mu, log_sigma, mask, a, b);
+  const UnitTable<float>& U = *Up;
   // torch.clamp rounds its Python-float bounds to the tensor's dtype
   const Draw D{sd, off, static_cast<float>(a), static_cast<float>(b)};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lognormal_noise_cpu", [&] {
@@ -920,15 +961,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lognormal_noise_backward_cpu(
   const int64_t C = sh.C;
   const uint64_t sd = static_cast<uint64_t>(seed), off = static_cast<uint64_t>(offset);
   const bool lanes_over_units = sh.S == 1 && x.scalar_type() != at::kDouble;
-  const Chunks ch = make_chunks(lanes_over_units ? sh.R : sh.R * C, x.numel(), C);
+  const Chunks ch = make_chunks(lanes_over_units ? sh.R : sh.R * C, x.numel(), C,
+                                ck.gran == Granularity::kElement ? kGrainDraws : kGrainElems);
   std::vector<double> acc(static_cast<size_t>(ch.count * 2 * C), 0.0);
   if (x.numel() > 0) {
     if (x.scalar_type() == at::kDouble) {
-      const UnitTable<double> U = unit_table<double>(mu, log_sigma, mask, a, b);
+      const auto Up = unit_table_cached<double>(mu, log_sigma, mask, a, b);
+    const UnitTable<double>& U = *Up;
       double_backward(g.const_data_ptr<double>(), x.const_data_ptr<double>(), dx.mutable_data_ptr<double>(),
                       DoubleArgs{&U, sd, off, a, b, sh, ck.gran}, acc.data(), ch);
     } else {
-      const UnitTable<float> U = unit_table<float>(mu, log_sigma, mask, a, b);
+      const auto Up = unit_table_cached<float>(mu, log_sigma, mask, a, b);
+  const UnitTable<float>& U = *Up;
       const Draw D{sd, off, static_cast<float>(a), static_cast<float>(b)};
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lognormal_noise_backward_cpu", [&] {
         if constexpr (!std::is_same_v<scalar_t, double>) {
@@ -944,26 +988,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lognormal_noise_backward_cpu(
       });
     }
   }
-  // fixed-order sum over the chunks; masked units get exactly 0
-  at::Tensor dmu64 = at::zeros({C}, mu.options().dtype(at::kDouble));
-  at::Tensor dls64 = at::zeros({C}, mu.options().dtype(at::kDouble));
-  double* pm = dmu64.mutable_data_ptr<double>();
-  double* ps = dls64.mutable_data_ptr<double>();
+  // fixed-order sum over the chunks in double, rounded once to mu's dtype; masked units get exactly 0
+  at::Tensor dmu = at::empty({C}, mu.options()), dls = at::empty({C}, mu.options());
   const at::Tensor mk = mask ? mask->contiguous() : at::Tensor();
   const bool* kp = mask ? mk.const_data_ptr<bool>() : nullptr;
-  at::parallel_for(0, C, 1024, [&](int64_t lo, int64_t hi) {
-    for (int64_t k = 0; k < ch.count; ++k) {
-      const double* am = acc.data() + k * 2 * C;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "lognormal_noise_backward_sums", [&] {
+    scalar_t* pm = dmu.mutable_data_ptr<scalar_t>();
+    scalar_t* ps = dls.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, C, 8192, [&](int64_t lo, int64_t hi) {
       for (int64_t c = lo; c < hi; ++c) {
-        pm[c] += am[c];
-        ps[c] += am[C + c];
+        double sm = 0.0, ss = 0.0;
+        for (int64_t k = 0; k < ch.count; ++k) {
+          sm += acc[k * 2 * C + c];
+          ss += acc[k * 2 * C + C + c];
+        }
+        const bool keep = !kp || kp[c];
+        pm[c] = static_cast<scalar_t>(keep ? sm : 0.0);
+        ps[c] = static_cast<scalar_t>(keep ? ss : 0.0);
       }
-    }
-    for (int64_t c = lo; c < hi && kp; ++c) {
-      if (!kp[c]) pm[c] = ps[c] = 0.0;
-    }
+    });
   });
-  return {dx, dmu64.to(mu.scalar_type()), dls64.to(mu.scalar_type())};
+  return {dx, dmu, dls};
 }
 
 // Test hook for tests/test_lognormal_cpu_fast.py: the per-element quantile of the current ISA on float32 p and
