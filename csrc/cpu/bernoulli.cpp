@@ -323,7 +323,7 @@ std::vector<uint8_t> draw_table_uncached(const at::Tensor& th, const std::option
 // forward drew from the same (θ, mask, seed, offset, shape).
 std::shared_ptr<const std::vector<uint8_t>> draw_table(const at::Tensor& theta, const std::optional<at::Tensor>& mask,
                                                        const Shape& sh, int64_t seed, int64_t offset) {
-  thread_local cpu::ContentCache<std::vector<uint8_t>> cache(64, size_t{256} << 20);
+  thread_local cpu::ContentCache<std::vector<uint8_t>> cache(64, size_t{32} << 20);
   const at::Tensor th = theta.contiguous();
   const at::Tensor mk = mask ? mask->contiguous() : at::Tensor();
   const int64_t N = sh.P > 0 ? sh.R / sh.P : 0;

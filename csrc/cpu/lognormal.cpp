@@ -148,7 +148,8 @@ FB_AI void draw_lanes(int nv, const Lanes<float, kUniform>& P, float a, float b,
         const int i = i0 + k * W;
         // 1 - p = Φ(-β') + Φ(β')(1-v)(1-r): a sum of non-negative terms, floored like the reference's expm1 form
         const F r = lane_load<F, kUniform>(P.r, i);
-        const F om = lane_load<F, kUniform>(P.phibc, i) + lane_load<F, kUniform>(P.phib, i) * (1.0f - v[k]) * (1.0f - r);
+        const F om = lane_load<F, kUniform>(P.phibc, i) +
+                     lane_load<F, kUniform>(P.phib, i) * (1.0f - v[k]) * (1.0f - r);
         const F upper_tail = -vec::log_pos<F, true>(vec::vmax(om, vec::splat<F>(1e-38f)));
         tail[k] = vec::sel(p[k] > 0.5f, upper_tail, tail[k]);
       }
@@ -676,7 +677,7 @@ struct ThetaTables {
 };
 
 std::shared_ptr<const ThetaTables> theta_tables(const UnitTable<float>& U, const Draw& D, int64_t rows) {
-  thread_local cpu::ContentCache<ThetaTables> cache(64, size_t{256} << 20);
+  thread_local cpu::ContentCache<ThetaTables> cache(64, size_t{64} << 20);
   const int64_t C = static_cast<int64_t>(U.keep.size());
   cpu::KeyBuilder kb;
   kb.add(U.key.data(), U.key.size()).value(D.seed).value(D.offset).value(D.a).value(D.b).value(rows);
@@ -909,7 +910,7 @@ UnitTable<T> unit_table(const at::Tensor& mu, const at::Tensor& log_sigma, const
 template <typename T>
 std::shared_ptr<const UnitTable<T>> unit_table_cached(const at::Tensor& mu_in, const at::Tensor& log_sigma_in,
                                                       const std::optional<at::Tensor>& mask, double a, double b) {
-  thread_local cpu::ContentCache<UnitTable<T>> cache(64, size_t{64} << 20);
+  thread_local cpu::ContentCache<UnitTable<T>> cache(64, size_t{16} << 20);
   const at::Tensor mu = mu_in.contiguous(), ls = log_sigma_in.contiguous();
   const size_t nb = static_cast<size_t>(mu.numel()) * mu.element_size();
   const at::Tensor mk = mask ? mask->contiguous() : at::Tensor();

@@ -37,7 +37,8 @@ FB_INLINE float ndtri_f32(float p, float tail) {
   const float q = p - 0.5f;
   if ((q < 0.0f ? -q : q) <= 0.425f) return q * ndtri_f32_rational(kNdtriF32Central, 0.180625f - q * q);
   const float r = sqrtf(tail > 0.0f ? tail : 0.0f);
-  const float t = r <= 5.0f ? ndtri_f32_rational(kNdtriF32Tail, r - 1.6f) : ndtri_f32_rational(kNdtriF32FarTail, r - 5.0f);
+  const float t = r <= 5.0f ? ndtri_f32_rational(kNdtriF32Tail, r - 1.6f)
+                            : ndtri_f32_rational(kNdtriF32FarTail, r - 5.0f);
   return q > 0.0f ? t : -t;
 }
 
