@@ -2,12 +2,14 @@
 //
 // x is viewed as [R, C, S]: R = prod(shape[:dim]) rows, C units, S = prod(shape[dim+1:]) contiguous elements.
 //   * "batch"/"sample": θ is constant per unit (per example and unit), so the draws and their gradient factors go
-//     into a small table first; the pass over x is then a multiply (forward) or dx = g·θ plus Σ g·x per unit
-//     (backward), memory-bound.
+//     into a small table first (computed by the forward, found again by the backward: content_cache.h); the pass
+//     over x is then a multiply (forward) or dx = g·θ plus Σ g·x per unit (backward), memory-bound.
 //   * "element": every element draws.  The float math runs in blocks of kLanes draws: Philox with explicit
-//     32x32->64 multiplies, then branch-free exp/log/ndtri loops written for the auto-vectoriser.  Everything is
-//     compiled three times (baseline x86-64, AVX2+FMA, AVX-512) and the best ISA the CPU has is picked at run
-//     time; FASTBAYES_CPU_ISA=base|avx2|avx512 caps it.  float64 x uses the scalar header math
+//     32x32->64 multiplies (philox_simd.h), then the draw on native-width vector types, two vectors side by side
+//     (vec_math.h: one log, the PPND7 quantile of ndtri_f32.h, one exp; per-unit flags skip the upper tail, the
+//     asymptotic quantile and the Mills-ratio gradients where no lane of a block can reach them).  Everything is
+//     compiled three times (baseline x86-64, AVX2+FMA, AVX-512) and isa.h picks one at run time;
+//     FASTBAYES_CPU_ISA=base|avx2|avx512 caps it.  float64 x uses the scalar header math
 //     (fastbayes/lognormal.h) and is the accuracy path, not the fast one.
 // The per-unit gradient sums go into double accumulators per chunk of a partition that depends only on the
 // shape, then are summed in chunk order: results do not depend on the thread count, and there are no atomics.
