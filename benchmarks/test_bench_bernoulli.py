@@ -130,3 +130,54 @@ def test_scale_mixture_prior_fwd_bwd(benchmark, provider):
     benchmark.group = f"scale_mixture_prior fwd+bwd, {n} units"
     benchmark.extra_info.update(provider=provider, device=device)
     _timed(benchmark, fn, device)
+
+
+def _best_s(fn, reps):
+    """Least seconds per call over 5 runs of `reps` calls (the quietest run on a shared machine)."""
+    import time
+    fn()
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return best
+
+
+@pytest.mark.parametrize("shape,dim", [((128, 150), 1), ((256, 64, 32, 32), 1)],
+                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else f"dim{v}")
+def test_bernoulli_gate_cpu_kernel(benchmark, shape, dim):
+    """torch.ops.fastbayes_C.bernoulli_gate + _backward (no autograd layer); extra_info has ns per element."""
+    if not fb.backends.available()["cpu"]:
+        pytest.skip("cpu kernels not built")
+    from fastbayes import _C  # noqa: F401  (registers torch.ops.fastbayes_C)
+    C = torch.ops.fastbayes_C
+    smoke = getattr(benchmark, "disabled", False)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g)
+    # fresh θ each step, as in training (the kernel caches ξ keyed by content): more sets than it keeps
+    thetas = [torch.rand(shape[dim], generator=g) for _ in range(101)]
+    grad = torch.randn(shape, generator=g)
+    step = [0]
+
+    def fwd():
+        step[0] = (step[0] + 1) % len(thetas)
+        return C.bernoulli_gate(x, thetas[step[0]], None, dim, SEED, OFFSET)
+
+    def bwd():   # the backward of the last forward
+        return C.bernoulli_gate_backward(grad, x, thetas[step[0]], None, dim, SEED, OFFSET)
+
+    def fn():
+        fwd()
+        bwd()
+
+    n = x.numel()
+    benchmark.group = f"bernoulli_gate CPU kernel {tuple(shape)}"
+    info = dict(provider="cpu-kernel", numel=n, threads=torch.get_num_threads())
+    if not smoke:
+        reps = max(1, int(2e6 // n))
+        t_fwd, t_pair = _best_s(fwd, reps), _best_s(fn, reps)
+        info.update(fwd_ns_per_element=t_fwd / n * 1e9, bwd_ns_per_element=(t_pair - t_fwd) / n * 1e9)
+    benchmark.extra_info.update(info)
+    benchmark.pedantic(fn, rounds=5, warmup_rounds=1)

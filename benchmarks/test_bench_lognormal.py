@@ -102,3 +102,63 @@ def test_lognormal_fwd_bwd(benchmark, shape, dim, gran, provider):
         benchmark.pedantic(timed, rounds=20, warmup_rounds=3)
     else:
         benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
+
+
+def _best_s(fn, reps):
+    """Least seconds per call over 5 runs of `reps` calls (the quietest run on a shared machine)."""
+    import time
+    fn()
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return best
+
+
+# the raw CPU kernels (no autograd or dispatch layer): a (128, 150) activation (per-call overheads) and a large
+# conv activation (throughput); μ = 0, log σ = -5 is the training's initial point
+KERNEL_SHAPES = [((128, 150), 1), ((256, 64, 32, 32), 1)]
+
+
+@pytest.mark.parametrize("gran", GRANS)
+@pytest.mark.parametrize("shape,dim", KERNEL_SHAPES,
+                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else f"dim{v}")
+def test_lognormal_cpu_kernel(benchmark, shape, dim, gran):
+    """torch.ops.fastbayes_C.lognormal_noise + _backward; extra_info has ns per element of each pass."""
+    if not fb.backends.available()["cpu"]:
+        pytest.skip("cpu kernels not built")
+    from fastbayes import _C  # noqa: F401  (registers torch.ops.fastbayes_C)
+    C = torch.ops.fastbayes_C
+    smoke = getattr(benchmark, "disabled", False)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g)
+    c = shape[dim]
+    # fresh μ each step, as in training (the kernels cache per-unit work keyed by content): more sets than they keep
+    mus = [torch.full((c,), 1e-6 * k) for k in range(101)]
+    ls = torch.full((c,), -5.0)
+    grad = torch.randn(shape, generator=g)
+    step = [0]
+    rest = (None, A, B, dim, gran, SEED, OFFSET)
+
+    def fwd():
+        step[0] = (step[0] + 1) % len(mus)
+        return C.lognormal_noise(x, mus[step[0]], ls, *rest)
+
+    def bwd():   # the backward of the last forward
+        return C.lognormal_noise_backward(grad, x, mus[step[0]], ls, *rest)
+
+    def fn():
+        fwd()
+        bwd()
+
+    n = x.numel()
+    benchmark.group = f"lognormal_noise CPU kernel {tuple(shape)} {gran}"
+    info = dict(provider="cpu-kernel", granularity=gran, numel=n, threads=torch.get_num_threads())
+    if not smoke:
+        reps = max(1, int(2e6 // n))
+        t_fwd, t_pair = _best_s(fwd, reps), _best_s(fn, reps)
+        info.update(fwd_ns_per_element=t_fwd / n * 1e9, bwd_ns_per_element=(t_pair - t_fwd) / n * 1e9)
+    benchmark.extra_info.update(info)
+    benchmark.pedantic(fn, rounds=5, warmup_rounds=1)

@@ -7,7 +7,8 @@
 // (any dtype, no rounding), with memcpy/memset for whole (row, unit) segments when S > 1.  The backward writes
 // dx = g·ξ the same way and sums g·x per unit in double, over a partition into chunks that depends only on the
 // shape, then adds the chunks in order: results do not depend on the thread count, and there are no atomics.
-// The element loops are compiled three times, baseline x86-64, AVX2 and AVX-512, picked at run time.
+// The element loops and the Philox draws are compiled three times, baseline x86-64, AVX2 and AVX-512, picked at run
+// time by csrc/cpu/isa.h (FASTBAYES_CPU_ISA caps it).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -17,11 +18,15 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 #include <vector>
 
 #include "fastbayes/philox.h"
+#include "isa.h"
+#include "content_cache.h"
+#include "philox_simd.h"
 
 namespace fastbayes {
 namespace {
@@ -29,7 +34,7 @@ namespace {
 #define FB_AI inline __attribute__((always_inline))
 
 constexpr int64_t kGrainElems = 32768;   // elements per parallel_for chunk of the streaming passes
-constexpr int64_t kGrainDraws = 32768;    // draws per parallel_for chunk of the ξ table
+constexpr int64_t kGrainDraws = 8192;     // draws per parallel_for chunk of the ξ table (~5 µs)
 constexpr int64_t kGrainUnits = 65536;    // per-unit loops: ~20 ns a unit, a parallel region costs more below
 constexpr int64_t kMaxChunks = 64;       // backward partition (fixed by the shape, not by the thread count)
 constexpr double kLog2Pi = 1.8378770664093454836;
@@ -99,16 +104,23 @@ struct DrawArgs {
   uint8_t* xi;  // [N, C]
 };
 
-// ξ[n, c] = keep[c] & (u(offset + n·C + c) < θ[c]) for table rows [lo, hi).
+constexpr int kDrawBlock = 256;  // uniforms per Philox call: a stack buffer in L1
+static_assert(cpu::philox_padded<cpu::kAvx512>(kDrawBlock) == kDrawBlock, "Philox writes whole vector groups");
+
+// ξ[n, c] = keep[c] & (u(offset + n·C + c) < θ[c]) for table rows [lo, hi); Philox in the ISA's vector width.
+template <int kIsa>
 FB_AI void draw_range(const DrawArgs& A, int64_t lo, int64_t hi) {
   const int64_t C = A.C;
   const float* __restrict th = A.theta;
+  alignas(64) float u[kDrawBlock];
   for (int64_t n = lo; n < hi; ++n) {
     uint8_t* __restrict out = A.xi + n * C;
     const uint64_t base = A.offset + static_cast<uint64_t>(n * C);
+    for (int64_t c0 = 0; c0 < C; c0 += kDrawBlock) {
+      const int m = static_cast<int>(std::min<int64_t>(kDrawBlock, C - c0));
+      cpu::philox_block<kIsa>(m, A.seed, base + static_cast<uint64_t>(c0), u);
 #pragma omp simd
-    for (int64_t c = 0; c < C; ++c) {
-      out[c] = static_cast<uint8_t>(philox_uniform(A.seed, base + static_cast<uint64_t>(c)) < th[c]);
+      for (int c = 0; c < m; ++c) out[c0 + c] = static_cast<uint8_t>(u[c] < th[c0 + c]);
     }
     if (A.keep) {
       for (int64_t c = 0; c < C; ++c) out[c] &= A.keep[c];
@@ -218,8 +230,8 @@ FB_AI void backward_range(const BwdArgs<X, G>& A, int64_t klo, int64_t khi) {
   }
 }
 
-#define FB_ISA_WORKERS(attr, sfx)                                                             \
-  attr void draw_##sfx(const DrawArgs& a, int64_t lo, int64_t hi) { draw_range(a, lo, hi); }  \
+#define FB_ISA_WORKERS(attr, sfx, isa)                                                        \
+  attr void draw_##sfx(const DrawArgs& a, int64_t lo, int64_t hi) { draw_range<isa>(a, lo, hi); } \
   template <typename X>                                                                       \
   attr void forward_##sfx(const FwdArgs<X>& a, int64_t lo, int64_t hi) {                      \
     forward_range<X>(a, lo, hi);                                                              \
@@ -229,34 +241,14 @@ FB_AI void backward_range(const BwdArgs<X, G>& A, int64_t klo, int64_t khi) {
     backward_range<X, G>(a, lo, hi);                                                          \
   }
 
-// Philox's 32x32->64 multiplies run 8 lanes wide with AVX-512 (vpmuludq zmm), 4 with AVX2.
-FB_ISA_WORKERS(, base)
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FB_HAVE_X86_PATHS 1
-FB_ISA_WORKERS(__attribute__((target("avx2"))), avx2)
-FB_ISA_WORKERS(__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,prefer-vector-width=512"))), avx512)
-#endif
-
-enum class Isa { kBase, kAvx2, kAvx512 };
-
-Isa isa() {
-#ifdef FB_HAVE_X86_PATHS
-  static const Isa best = (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-                           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
-                              ? Isa::kAvx512
-                          : __builtin_cpu_supports("avx2") ? Isa::kAvx2
-                                                           : Isa::kBase;
-  return best;
-#else
-  return Isa::kBase;
-#endif
-}
-
-#ifdef FB_HAVE_X86_PATHS
-#define FB_PICK(name, ...)                                                                    \
-  (isa() == Isa::kAvx512 ? &name##_avx512 __VA_OPT__(<__VA_ARGS__>)                           \
-   : isa() == Isa::kAvx2 ? &name##_avx2 __VA_OPT__(<__VA_ARGS__>)                             \
-                         : &name##_base __VA_OPT__(<__VA_ARGS__>))
+FB_ISA_WORKERS(, base, cpu::kBase)
+#ifdef FB_X86_PATHS
+FB_ISA_WORKERS(__attribute__((target(FB_AVX2_TARGET))), avx2, cpu::kAvx2)
+FB_ISA_WORKERS(__attribute__((target(FB_AVX512_TARGET))), avx512, cpu::kAvx512)
+#define FB_PICK(name, ...)                                                                          \
+  (cpu::best_isa() == cpu::kAvx512 ? &name##_avx512 __VA_OPT__(<__VA_ARGS__>)                       \
+   : cpu::best_isa() == cpu::kAvx2 ? &name##_avx2 __VA_OPT__(<__VA_ARGS__>)                         \
+                                   : &name##_base __VA_OPT__(<__VA_ARGS__>))
 #else
 #define FB_PICK(name, ...) (&name##_base __VA_OPT__(<__VA_ARGS__>))
 #endif
@@ -308,12 +300,11 @@ Shape check_gate_args(const at::Tensor& x, const at::Tensor& theta, const std::o
 }
 
 // The ξ byte table [N, C], N = R / P.
-std::vector<uint8_t> draw_table(const at::Tensor& theta, const std::optional<at::Tensor>& mask, const Shape& sh,
-                                int64_t seed, int64_t offset) {
+std::vector<uint8_t> draw_table_uncached(const at::Tensor& th, const std::optional<at::Tensor>& mask, const Shape& sh,
+                                         int64_t seed, int64_t offset) {
   const int64_t N = sh.P > 0 ? sh.R / sh.P : 0, C = sh.C;
   std::vector<uint8_t> xi(static_cast<size_t>(N * C));
   if (N * C == 0) return xi;
-  const at::Tensor th = theta.contiguous();
   std::vector<uint8_t> keep;
   if (mask) {
     const at::Tensor mk = mask->contiguous();
@@ -323,8 +314,27 @@ std::vector<uint8_t> draw_table(const at::Tensor& theta, const std::optional<at:
   }
   const DrawArgs a{th.const_data_ptr<float>(), mask ? keep.data() : nullptr, static_cast<uint64_t>(seed),
                    static_cast<uint64_t>(offset), C, xi.data()};
-  // ~5 ns a vectorised draw: a parallel region only pays off from tens of thousands of draws
+  // ~0.6 ns a draw on AVX-512: a parallel region pays off from several thousand draws
   run_range(N, kGrainDraws / std::max<int64_t>(C, 1), FB_PICK(draw), a);
+  return xi;
+}
+
+// draw_table_uncached behind a per-thread content cache (content_cache.h): the backward of a call finds the ξ its
+// forward drew from the same (θ, mask, seed, offset, shape).
+std::shared_ptr<const std::vector<uint8_t>> draw_table(const at::Tensor& theta, const std::optional<at::Tensor>& mask,
+                                                       const Shape& sh, int64_t seed, int64_t offset) {
+  thread_local cpu::ContentCache<std::vector<uint8_t>> cache(64, size_t{32} << 20);
+  const at::Tensor th = theta.contiguous();
+  const at::Tensor mk = mask ? mask->contiguous() : at::Tensor();
+  const int64_t N = sh.P > 0 ? sh.R / sh.P : 0;
+  cpu::KeyBuilder kb;
+  kb.value(seed).value(offset).value(N).value(sh.C).add(th.const_data_ptr(), static_cast<size_t>(th.numel()) * 4);
+  kb.add(mask ? mk.const_data_ptr() : nullptr, mask ? static_cast<size_t>(mk.numel()) : 0);
+  kb.value(static_cast<int>(mask.has_value()));
+  std::vector<char> key = kb.take();
+  if (auto hit = cache.find(key)) return hit;
+  auto xi = std::make_shared<const std::vector<uint8_t>>(draw_table_uncached(th, mask, sh, seed, offset));
+  cache.put(std::move(key), xi, xi->size());
   return xi;
 }
 
@@ -334,9 +344,9 @@ at::Tensor bernoulli_gate_cpu(const at::Tensor& x_in, const at::Tensor& theta,
   const at::Tensor x = x_in.contiguous();
   at::Tensor y = at::empty_like(x);
   if (x.numel() == 0) return y;
-  const std::vector<uint8_t> xi = draw_table(theta, mask, sh, seed, offset);
+  const auto xi = draw_table(theta, mask, sh, seed, offset);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bernoulli_gate_cpu", [&] {
-    const FwdArgs<scalar_t> a{x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), xi.data(), sh};
+    const FwdArgs<scalar_t> a{x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), xi->data(), sh};
     if (sh.S == 1) {
       run_range(sh.R, kGrainElems / sh.C, FB_PICK(forward, scalar_t), a);
     } else {
@@ -372,16 +382,17 @@ std::tuple<at::Tensor, at::Tensor> bernoulli_gate_backward_cpu(const at::Tensor&
   const Chunks ch = make_chunks(sh.S == 1 ? sh.R : sh.R * C, x.numel(), C);
   std::vector<double> acc(static_cast<size_t>(ch.count * C), 0.0);
   if (x.numel() > 0) {
-    const std::vector<uint8_t> xi = draw_table(theta, mask, sh, seed, offset);
+    const auto xi_table = draw_table(theta, mask, sh, seed, offset);
+    const uint8_t* xi = xi_table->data();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bernoulli_gate_backward_cpu", [&] {
       const scalar_t* xp = x.const_data_ptr<scalar_t>();
       scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
       if (g.scalar_type() == x.scalar_type()) {
-        backward_typed<scalar_t, scalar_t>(g.const_data_ptr<scalar_t>(), xp, dp, xi.data(), sh, acc.data(), ch);
+        backward_typed<scalar_t, scalar_t>(g.const_data_ptr<scalar_t>(), xp, dp, xi, sh, acc.data(), ch);
       } else if constexpr (std::is_same_v<scalar_t, double>) {
         TORCH_CHECK(false, "unreachable: float64 x has a float64 math dtype");
       } else {
-        backward_typed<scalar_t, float>(g.const_data_ptr<float>(), xp, dp, xi.data(), sh, acc.data(), ch);
+        backward_typed<scalar_t, float>(g.const_data_ptr<float>(), xp, dp, xi, sh, acc.data(), ch);
       }
     });
   }

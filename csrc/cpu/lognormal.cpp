@@ -2,12 +2,14 @@
 //
 // x is viewed as [R, C, S]: R = prod(shape[:dim]) rows, C units, S = prod(shape[dim+1:]) contiguous elements.
 //   * "batch"/"sample": θ is constant per unit (per example and unit), so the draws and their gradient factors go
-//     into a small table first; the pass over x is then a multiply (forward) or dx = g·θ plus Σ g·x per unit
-//     (backward), memory-bound.
+//     into a small table first (computed by the forward, found again by the backward: content_cache.h); the pass
+//     over x is then a multiply (forward) or dx = g·θ plus Σ g·x per unit (backward), memory-bound.
 //   * "element": every element draws.  The float math runs in blocks of kLanes draws: Philox with explicit
-//     32x32->64 multiplies, then branch-free exp/log/ndtri loops written for the auto-vectoriser.  Everything is
-//     compiled three times (baseline x86-64, AVX2+FMA, AVX-512) and the best ISA the CPU has is picked at run
-//     time; FASTBAYES_CPU_ISA=base|avx2|avx512 caps it.  float64 x uses the scalar header math
+//     32x32->64 multiplies (philox_simd.h), then the draw on native-width vector types, two vectors side by side
+//     (vec_math.h: one log, the PPND7 quantile of ndtri_f32.h, one exp; per-unit flags skip the upper tail, the
+//     asymptotic quantile and the Mills-ratio gradients where no lane of a block can reach them).  Everything is
+//     compiled three times (baseline x86-64, AVX2+FMA, AVX-512) and isa.h picks one at run time;
+//     FASTBAYES_CPU_ISA=base|avx2|avx512 caps it.  float64 x uses the scalar header math
 //     (fastbayes/lognormal.h) and is the accuracy path, not the fast one.
 // The per-unit gradient sums go into double accumulators per chunk of a partition that depends only on the
 // shape, then are summed in chunk order: results do not depend on the thread count, and there are no atomics.
@@ -21,17 +23,17 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string_view>
 #include <tuple>
 #include <type_traits>
 #include <vector>
 
 #include "fastbayes/lognormal.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#include <immintrin.h>
-#define FB_X86_PATHS 1
-#endif
+#include "isa.h"
+#include "content_cache.h"
+#include "philox_simd.h"
+#include "vec_math.h"
 
 namespace fastbayes {
 namespace {
@@ -40,167 +42,41 @@ namespace {
 
 constexpr int kLanes = 128;              // draws per block: stack arrays stay in L1
 constexpr int64_t kGrainElems = 32768;   // elements per parallel_for chunk for the streaming passes
+constexpr int64_t kGrainDraws = 4096;    // elements per chunk where each draws (~5 ns): a second thread pays off
 constexpr int64_t kMaxChunks = 64;       // backward partition (fixed by the shape, not by the thread count)
 constexpr int64_t kUnitTile = 2048;      // units per tile of the S == 1 backward: 8 KiB runs per row and stream
 
 // ---------------------------------------------------------------------------------------------------------
-// Branch-free float32 math for the vectorised lanes (Cephes-style polynomials, ~1 ulp).  The reference uses torch's
-// SLEEF float32 functions (1 ulp), so neither side is correctly rounded; the tests allow for that.
-// Every select is a bitwise blend of two values computed unconditionally: with the default -ftrapping-math and
-// -fmath-errno GCC will not if-convert a `c ? a : b` whose arms contain floating-point work, nor vectorise a
-// loop around std::sqrt, so both are avoided here and the loops vectorise without special compiler flags.
+// Scalar bit helpers for the streaming loops (the draw math itself is in vec_math.h).
 
 FB_AI float bits_to_f(int32_t i) { return std::bit_cast<float>(i); }
 FB_AI int32_t f_to_bits(float f) { return std::bit_cast<int32_t>(f); }
 
+// c ? a : b as a bitwise blend: GCC (-ftrapping-math) will not if-convert a select with float work in its arms
 FB_AI float fsel(bool c, float a, float b) {
   const int32_t m = -static_cast<int32_t>(c);
   return bits_to_f((m & f_to_bits(a)) | (~m & f_to_bits(b)));
 }
 
-constexpr float kInf = std::numeric_limits<float>::infinity();
-
-// e^x: NaN -> NaN, > 88.72 -> inf, very negative -> 0 (gradual underflow kept by a split 2^n).
-FB_AI float vexp(float x) {
-  const float xc = fsel(x > 88.7228f, 88.7228f, fsel(x < -103.98f, -103.98f, x));
-  const float kf = xc * 1.44269504088896341f + 12582912.0f;  // round to nearest via the 1.5·2^23 trick
-  const int32_t n = f_to_bits(kf) - f_to_bits(12582912.0f);
-  const float fn = kf - 12582912.0f;
-  const float r = (xc - fn * 0.693359375f) - fn * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * (r * r) + r + 1.0f;
-  const int32_t n1 = n >> 1, n2 = n - n1;  // 2^n = 2^n1 · 2^n2, both normal
-  const float res = y * bits_to_f((n1 + 127) << 23) * bits_to_f((n2 + 127) << 23);
-  return fsel(x > 88.7228f, kInf, fsel(x != x, x, res));
-}
-
-// log x: 0 -> -inf, < 0 -> NaN, inf -> inf; subnormals are scaled up first.
-FB_AI float vlog(float x) {
-  const bool sub = x < 1.17549435e-38f;
-  const float xs = fsel(sub, x * 8388608.0f, x);  // 2^23
-  const int32_t bx = f_to_bits(xs);
-  const float mm = bits_to_f((bx & 0x007fffff) | 0x3f000000);  // xs = mm·2^e, mm in [0.5, 1)
-  const bool lo = mm < 0.707106781186547524f;
-  const int32_t e = ((bx >> 23) & 0xff) - 126 - static_cast<int32_t>(lo);
-  const float m = fsel(lo, mm + mm - 1.0f, mm - 1.0f);
-  const float fe = static_cast<float>(e) - fsel(sub, 23.0f, 0.0f);
-  const float z = m * m;
-  float y = 7.0376836292e-2f;
-  y = y * m - 1.1514610310e-1f;
-  y = y * m + 1.1676998740e-1f;
-  y = y * m - 1.2420140846e-1f;
-  y = y * m + 1.4249322787e-1f;
-  y = y * m - 1.6668057665e-1f;
-  y = y * m + 2.0000714765e-1f;
-  y = y * m - 2.4999993993e-1f;
-  y = y * m + 3.3333331174e-1f;
-  y = y * m * z;
-  y += -2.12194440e-4f * fe;
-  y += -0.5f * z;
-  float res = m + y;
-  res += 0.693359375f * fe;
-  res = fsel(x == kInf, kInf, res);
-  res = fsel(x == 0.0f, -kInf, res);
-  return fsel(x < 0.0f, std::numeric_limits<float>::quiet_NaN(), fsel(x != x, x, res));
-}
-
-// log(1 + x) for x >= -1 (Goldberg: log(u)·x/(u-1) corrects the rounding of u = 1 + x).
-FB_AI float vlog1p(float x) {
-  const float u = 1.0f + x;
-  const float d = u - 1.0f;
-  return fsel(d == 0.0f, x, vlog(u) * (x / d));
-}
-
-// expm1 on [-0.1, 0], the only range ndtri_log needs (its upper tail has p > 0.925); Taylor to x^7.
-FB_AI float vexpm1_small(float x) {
-  const float xc = fsel(x < -0.1f, -0.1f, x);
-  float p = 1.0f / 5040.0f;
-  p = p * xc + 1.0f / 720.0f;
-  p = p * xc + 1.0f / 120.0f;
-  p = p * xc + 1.0f / 24.0f;
-  p = p * xc + 1.0f / 6.0f;
-  p = p * xc + 0.5f;
-  return (p * xc) * xc + xc;
-}
-
-// √x for x >= 0 (NaN -> NaN): Newton on 1/√x, then one Heron correction (<= 1 ulp).
-FB_AI float vsqrt(float x) {
-  float y = bits_to_f(0x5f375a86 - (f_to_bits(x) >> 1));
-  y = y * (1.5f - 0.5f * x * y * y);
-  y = y * (1.5f - 0.5f * x * y * y);
-  y = y * (1.5f - 0.5f * x * y * y);
-  const float s = x * y;
-  return fsel(x == kInf, kInf, s + 0.5f * y * (x - s * s));
-}
-
-template <typename T>
-FB_AI T poly8(T x, double c0, double c1, double c2, double c3, double c4, double c5, double c6, double c7) {
-  T acc = static_cast<T>(c7);
-  acc = acc * x + static_cast<T>(c6);
-  acc = acc * x + static_cast<T>(c5);
-  acc = acc * x + static_cast<T>(c4);
-  acc = acc * x + static_cast<T>(c3);
-  acc = acc * x + static_cast<T>(c2);
-  acc = acc * x + static_cast<T>(c1);
-  acc = acc * x + static_cast<T>(c0);
-  return acc;
-}
-
-// fastbayes::ndtri_log for every lane except r > 26 (p < 1e-294, the asymptotic branch): *asym = 1 there, and
-// the caller redoes that lane with the scalar header.
-FB_AI float vndtri_log(float logp_in, int32_t* asym) {
-  const float logp = fsel(logp_in > 0.0f, 0.0f, logp_in);
-  const float p = vexp(logp);
-  const float q = p - 0.5f;
-  const bool central = fsel(q < 0.0f, -q, q) <= 0.425f;
-  const float rr = 0.180625f - q * q;
-  const float cval = q *
-      poly8<float>(rr, 3.3871328727963666080e0, 1.3314166789178437745e2, 1.9715909503065514427e3,
-                   1.3731693765509461125e4, 4.5921953931549871457e4, 6.7265770927008700853e4,
-                   3.3430575583588128105e4, 2.5090809287301226727e3) /
-      poly8<float>(rr, 1.0, 4.2313330701600911252e1, 6.8718700749205790830e2, 5.3941960214247511077e3,
-                   2.1213794301586595867e4, 3.9307895800092710610e4, 2.8729085735721942674e4,
-                   5.2264952788528545610e3);
-  const bool upper = q > 0.0f;
-  const float lm = fsel(logp > -1e-38f, -1e-38f, logp);
-  const float nlt = fsel(upper, -vlog(-vexpm1_small(lm)), -logp);
-  const float r = vsqrt(fsel(nlt < 0.0f, 0.0f, nlt));
-  const float x1 = r - 1.6f;
-  const float small = poly8<float>(x1, 1.42343711074968357734e0, 4.63033784615654529590e0, 5.76949722146069140550e0,
-                                   3.64784832476320460504e0, 1.27045825245236838258e0, 2.41780725177450611770e-1,
-                                   2.27238449892691845833e-2, 7.74545014278341407640e-4) /
-                      poly8<float>(x1, 1.0, 2.05319162663775882187e0, 1.67638483018380384940e0,
-                                   6.89767334985100004550e-1, 1.48103976427480074590e-1, 1.51986665636164571966e-2,
-                                   5.47593808499534494600e-4, 1.05075007164441684324e-9);
-  const float x2 = r - 5.0f;
-  const float mid = poly8<float>(x2, 6.65790464350110377720e0, 5.46378491116411436990e0, 1.78482653991729133580e0,
-                                 2.96560571828504891230e-1, 2.65321895265761230930e-2, 1.24266094738807843860e-3,
-                                 2.71155556874348757815e-5, 2.01033439929228813265e-7) /
-                    poly8<float>(x2, 1.0, 5.99832206555887937690e-1, 1.36929880922735805310e-1,
-                                 1.48753612908506148525e-2, 7.86869131145613259100e-4, 1.84631831751005468180e-5,
-                                 1.42151175831644588870e-7, 2.04426310338993978564e-15);
-  const float t = fsel(r <= 5.0f, small, mid);
-  *asym = static_cast<int32_t>(!central & !(r <= static_cast<float>(kNdtriAsymptoticR)));
-  return fsel(central, cval, fsel(upper, t, -t));
-}
-
-FB_AI float mills(float t) {
-  const float t2 = 1.0f / (t * t);
-  return 1.0f - t2 + 3.0f * t2 * t2;
-}
-
 // ---------------------------------------------------------------------------------------------------------
-// Per-unit parameters, structure of arrays so that lanes over units (S == 1) load them contiguously.
+// Per-unit parameters, structure of arrays so that lanes over units (S == 1) load them contiguously.  Every array
+// has kLanes spare entries of harmless values after the C units: a vector block reads whole vectors.
+
+// Per-unit flags: which parts of the draw a unit can reach, so that a block skips what none of its lanes needs.
+enum UnitFlag : uint8_t {
+  kUpper = 1,  // p > 0.925 possible (β' > 1.43): the upper tail's log(1 - p)
+  kAsym = 2,   // p < 1e-294 possible (log Φ(β') + log FLT_MIN < -676): ndtri_log's asymptotic branch, scalar
+  kFar = 4,    // β' < -FAR_TAIL: the Mills-ratio gradient factors
+};
 
 template <typename T>
 struct UnitTable {
   std::vector<T> mu, sgs, sigma, al, be, lf, r, s;  // sgs = σ·s (exact: s = ±1)
+  std::vector<float> phib, phibc;                   // Φ(β') = e^L and Φ(-β') (0 unless kUpper), float
   std::vector<uint8_t> keep;                        // 0 for masked units
+  std::vector<uint8_t> flags;                       // UnitFlag per unit
+  std::vector<uint8_t> block_flags;                 // OR of flags over units [k·kLanes, (k+1)·kLanes)
+  std::vector<char> key;                            // content key of (μ, log σ, mask, a, b): content_cache.h
   LognormalUnit<T> unit(int64_t c) const { return {mu[c], sigma[c], al[c], be[c], lf[c], r[c], s[c]}; }
 };
 
@@ -208,14 +84,19 @@ struct UnitTable {
 template <typename T, bool kUniform>
 struct Lanes {
   const T *mu, *sgs, *sigma, *al, *be, *lf, *r, *s;
+  const float *phib, *phibc;
+  uint8_t flags;  // the unit's flags, or the OR over the block's units
   FB_AI int64_t at(int i) const { return kUniform ? 0 : i; }
 };
 
 template <typename T, bool kUniform>
 Lanes<T, kUniform> lanes_at(const UnitTable<T>& u, int64_t c0) {
-  return {u.mu.data() + c0, u.sgs.data() + c0, u.sigma.data() + c0, u.al.data() + c0,
-          u.be.data() + c0, u.lf.data() + c0, u.r.data() + c0, u.s.data() + c0};
+  return {u.mu.data() + c0, u.sgs.data() + c0, u.sigma.data() + c0, u.al.data() + c0, u.be.data() + c0,
+          u.lf.data() + c0, u.r.data() + c0, u.s.data() + c0, u.phib.data() + c0, u.phibc.data() + c0,
+          kUniform ? u.flags[c0] : u.block_flags[c0 / kLanes]};
 }
+
+static_assert(cpu::philox_padded<cpu::kAvx512>(kLanes) == kLanes, "Philox writes whole vector groups");
 
 struct DrawBlock {
   alignas(64) float u[kLanes];
@@ -223,163 +104,88 @@ struct DrawBlock {
   alignas(64) float v[kLanes];
   alignas(64) float w[kLanes];
   alignas(64) float eps[kLanes];
-  alignas(64) int32_t asym[kLanes];
+  alignas(64) float rt[kLanes];  // √tail of the quantile (0 for central lanes): > 26 needs the asymptotic branch
 };
 
-enum Isa : int { kBase = 0, kAvx2 = 1, kAvx512 = 2 };
+using cpu::kAvx2;
+using cpu::kAvx512;
+using cpu::kBase;
+using cpu::philox_block;
+namespace vec = cpu::vec;
 
-#ifdef FB_X86_PATHS
-// Philox4x32-10 on 8 / 16 consecutive counters with explicit 32x32->64 multiplies: GCC's auto-vectorisation
-// of philox_uniform() emulates full 64-bit products and costs ~2x more.  Bit-identical to fastbayes/philox.h.
-__attribute__((target("avx2"))) FB_AI void mulhilo8(__m256i a, __m256i k, __m256i& lo, __m256i& hi) {
-  const __m256i pe = _mm256_mul_epu32(a, k);                         // lanes 0, 2, 4, 6 as 64-bit products
-  const __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), k);  // lanes 1, 3, 5, 7
-  lo = _mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA);
-  hi = _mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA);
-}
-
-// u[0, ceil(n/8)·8) for counters ctr0 + i (the spare tail lanes of the block are written too).  Called, not
-// inlined, once per block of kLanes draws: a target("avx2") body cannot be inlined into the default-target
-// templates between it and the ISA entry points.
-__attribute__((target("avx2"), noinline)) void philox_block_avx2(int n, uint64_t seed, uint64_t ctr0, float* u) {
-  const uint32_t lo0 = static_cast<uint32_t>(ctr0), hi0 = static_cast<uint32_t>(ctr0 >> 32);
-  const __m256i ka = _mm256_set1_epi32(static_cast<int>(0xD2511F53u)), kb = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
-  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
-  const __m256i lo0s = _mm256_xor_si256(_mm256_set1_epi32(static_cast<int>(lo0)), sign);
-  __m256i key0[10], key1[10];
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  for (int r = 0; r < 10; ++r) {
-    key0[r] = _mm256_set1_epi32(static_cast<int>(k0));
-    key1[r] = _mm256_set1_epi32(static_cast<int>(k1));
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  for (int i = 0; i < n; i += 8) {
-    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(lo0 + static_cast<uint32_t>(i))), iota);
-    // the 64-bit counter carries into its high word where the low word wrapped (unsigned c0 < lo0)
-    const __m256i wrapped = _mm256_cmpgt_epi32(lo0s, _mm256_xor_si256(c0, sign));
-    __m256i c1 = _mm256_sub_epi32(_mm256_set1_epi32(static_cast<int>(hi0)), wrapped);
-    __m256i la, ha, lb, hb;
-    mulhilo8(c0, ka, la, ha);  // round 1: c2 = c3 = 0
-    c0 = _mm256_xor_si256(c1, key0[0]);
-    __m256i c2 = _mm256_xor_si256(ha, key1[0]);
-    c1 = _mm256_setzero_si256();
-    __m256i c3 = la;
-#pragma GCC unroll 8
-    for (int r = 1; r < 9; ++r) {
-      mulhilo8(c0, ka, la, ha);
-      mulhilo8(c2, kb, lb, hb);
-      const __m256i n0 = _mm256_xor_si256(_mm256_xor_si256(hb, c1), key0[r]);
-      const __m256i n2 = _mm256_xor_si256(_mm256_xor_si256(ha, c3), key1[r]);
-      c1 = lb;
-      c3 = la;
-      c0 = n0;
-      c2 = n2;
-    }
-    mulhilo8(c2, kb, lb, hb);  // round 10: only output word 0 is used
-    c0 = _mm256_xor_si256(_mm256_xor_si256(hb, c1), key0[9]);
-    const __m256i folded = _mm256_xor_si256(c0, _mm256_srai_epi32(c0, 31));  // s < 0 ? ~s : s
-    _mm256_store_ps(u + i, _mm256_mul_ps(_mm256_cvtepi32_ps(folded), _mm256_set1_ps(4.6566127342e-10f)));
-  }
-}
-
-#define FB_AVX512_TARGET "avx512f,avx512vl,avx512bw,avx512dq,fma,prefer-vector-width=512"
-
-__attribute__((target(FB_AVX512_TARGET))) FB_AI void mulhilo16(__m512i a, __m512i k, __m512i& lo, __m512i& hi) {
-  const __m512i pe = _mm512_mul_epu32(a, k);
-  const __m512i po = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), k);
-  lo = _mm512_mask_blend_epi32(0xAAAA, pe, _mm512_slli_epi64(po, 32));
-  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe, 32), po);
-}
-
-__attribute__((target(FB_AVX512_TARGET), noinline)) void philox_block_avx512(int n, uint64_t seed, uint64_t ctr0,
-                                                                            float* u) {
-  const uint32_t lo0 = static_cast<uint32_t>(ctr0), hi0 = static_cast<uint32_t>(ctr0 >> 32);
-  const __m512i ka = _mm512_set1_epi32(static_cast<int>(0xD2511F53u)), kb = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
-  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i lo0v = _mm512_set1_epi32(static_cast<int>(lo0));
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  __m512i key0[10], key1[10];
-  for (int r = 0; r < 10; ++r) {
-    key0[r] = _mm512_set1_epi32(static_cast<int>(k0));
-    key1[r] = _mm512_set1_epi32(static_cast<int>(k1));
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  for (int i = 0; i < n; i += 16) {
-    __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(lo0 + static_cast<uint32_t>(i))), iota);
-    const __mmask16 wrapped = _mm512_cmplt_epu32_mask(c0, lo0v);
-    __m512i c1 = _mm512_mask_add_epi32(_mm512_set1_epi32(static_cast<int>(hi0)), wrapped,
-                                       _mm512_set1_epi32(static_cast<int>(hi0)), _mm512_set1_epi32(1));
-    __m512i la, ha, lb, hb;
-    mulhilo16(c0, ka, la, ha);
-    c0 = _mm512_xor_si512(c1, key0[0]);
-    __m512i c2 = _mm512_xor_si512(ha, key1[0]);
-    c1 = _mm512_setzero_si512();
-    __m512i c3 = la;
-#pragma GCC unroll 8
-    for (int r = 1; r < 9; ++r) {
-      mulhilo16(c0, ka, la, ha);
-      mulhilo16(c2, kb, lb, hb);
-      const __m512i n0 = _mm512_ternarylogic_epi32(hb, c1, key0[r], 0x96);  // a ^ b ^ c
-      const __m512i n2 = _mm512_ternarylogic_epi32(ha, c3, key1[r], 0x96);
-      c1 = lb;
-      c3 = la;
-      c0 = n0;
-      c2 = n2;
-    }
-    mulhilo16(c2, kb, lb, hb);
-    c0 = _mm512_ternarylogic_epi32(hb, c1, key0[9], 0x96);
-    const __m512i folded = _mm512_xor_si512(c0, _mm512_srai_epi32(c0, 31));
-    _mm512_store_ps(u + i, _mm512_mul_ps(_mm512_cvtepi32_ps(folded), _mm512_set1_ps(4.6566127342e-10f)));
-  }
-}
-#endif
-
+// Native vector width per ISA; every step works on kInterleave independent vectors side by side, which is what
+// hides the latency of the draw's long dependency chain (vec_math.h).
 template <int kIsa>
-FB_AI void philox_block(int n, uint64_t seed, uint64_t ctr0, float* __restrict u) {
-#ifdef FB_X86_PATHS
-  if constexpr (kIsa == kAvx512) {
-    philox_block_avx512(n, seed, ctr0, u);
-    return;
-  } else if constexpr (kIsa == kAvx2) {
-    philox_block_avx2(n, seed, ctr0, u);
-    return;
+using VecF = std::conditional_t<kIsa == kAvx512, vec::F16, std::conditional_t<kIsa == kAvx2, vec::F8, vec::F4>>;
+constexpr int kInterleave = 2;
+
+template <typename F, bool kUniform>
+FB_AI F lane_load(const float* p, int i) {
+  return kUniform ? vec::splat<F>(*p) : vec::load<F>(p + i);
+}
+
+// Block of draws, lanes [0, nv) with nv = n rounded up to whole vector groups (lanes >= n compute on spare
+// counters and padded units and are never stored).  kUpper: some lane's unit reaches the upper tail.
+template <typename F, bool kUniform, bool kUpper>
+FB_AI void draw_lanes(int nv, const Lanes<float, kUniform>& P, float a, float b, DrawBlock& d) {
+  constexpr int W = vec::kWidth<F>, K = kInterleave;
+  for (int i0 = 0; i0 < nv; i0 += W * K) {
+    F v[K], w[K], tail[K], p[K], eps[K], rt[K];
+    for (int k = 0; k < K; ++k) {
+      const int i = i0 + k * W;
+      const F u = vec::load<F>(d.u + i);
+      const F s = lane_load<F, kUniform>(P.s, i), r = lane_load<F, kUniform>(P.r, i);
+      v[k] = vec::sel(s < 0.0f, 1.0f - u, u);
+      // reference W_FLOOR: u = 0 (1 when mirrored) with r underflowed keeps log w finite
+      w[k] = vec::vmax(v[k] + (1.0f - v[k]) * r, vec::splat<F>(1.17549435e-38f));
+    }
+    for (int k = 0; k < K; ++k) {
+      const int i = i0 + k * W;
+      // lower tail -log p = -(L + log w); p = Φ(β')·w directly (no exp): both without cancellation
+      tail[k] = -vec::vmin(lane_load<F, kUniform>(P.lf, i) + vec::log_pos(w[k]), F{});
+      p[k] = lane_load<F, kUniform>(P.phib, i) * w[k];
+    }
+    if (kUpper) {
+      for (int k = 0; k < K; ++k) {
+        const int i = i0 + k * W;
+        // 1 - p = Φ(-β') + Φ(β')(1-v)(1-r): a sum of non-negative terms, floored like the reference's expm1 form
+        const F r = lane_load<F, kUniform>(P.r, i);
+        const F om = lane_load<F, kUniform>(P.phibc, i) +
+                     lane_load<F, kUniform>(P.phib, i) * (1.0f - v[k]) * (1.0f - r);
+        const F upper_tail = -vec::log_pos<F, true>(vec::vmax(om, vec::splat<F>(1e-38f)));
+        tail[k] = vec::sel(p[k] > 0.5f, upper_tail, tail[k]);
+      }
+    }
+    for (int k = 0; k < K; ++k) eps[k] = vec::ndtri(p[k], tail[k], &rt[k]);
+    for (int k = 0; k < K; ++k) {
+      const int i = i0 + k * W;
+      const F xs = lane_load<F, kUniform>(P.mu, i) + lane_load<F, kUniform>(P.sgs, i) * eps[k];
+      // torch.clamp(x, a, b) = min(max(x, a), b)
+      vec::store(d.th + i, vec::exp(vec::vmin(vec::vmax(xs, vec::splat<F>(a)), vec::splat<F>(b))));
+      vec::store(d.v + i, v[k]);
+      vec::store(d.w + i, w[k]);
+      vec::store(d.eps + i, eps[k]);
+      vec::store(d.rt + i, rt[k]);
+    }
   }
-#endif
-#pragma omp simd
-  for (int i = 0; i < n; ++i) u[i] = philox_uniform(seed, ctr0 + static_cast<uint64_t>(i));
 }
 
 // n <= kLanes float draws with counters ctr0 .. ctr0 + n - 1 (reference theta()).
 template <int kIsa, bool kUniform>
 FB_AI void draw_block(int n, uint64_t seed, uint64_t ctr0, const Lanes<float, kUniform>& P, float a, float b,
                       DrawBlock& d) {
-  philox_block<kIsa>(n, seed, ctr0, d.u);
-  int32_t any_asym = 0;
-#pragma omp simd reduction(| : any_asym)
-  for (int i = 0; i < n; ++i) {
-    const int64_t j = P.at(i);
-    const float u = d.u[i];
-    const float v = fsel(P.s[j] < 0.0f, 1.0f - u, u);
-    float w = v + (1.0f - v) * P.r[j];
-    w = fsel(w < 1.17549435e-38f, 1.17549435e-38f, w);  // reference W_FLOOR: keeps log w finite
-    int32_t asym;
-    const float eps = vndtri_log(P.lf[j] + vlog(w), &asym);
-    float xs = P.mu[j] + P.sgs[j] * eps;
-    xs = fsel(xs < a, a, xs);  // torch.clamp: NaN stays NaN
-    xs = fsel(xs > b, b, xs);
-    d.th[i] = vexp(xs);
-    d.v[i] = v;
-    d.w[i] = w;
-    d.eps[i] = eps;
-    d.asym[i] = asym;
-    any_asym |= asym;
+  using F = VecF<kIsa>;
+  constexpr int G = vec::kWidth<F> * kInterleave;
+  const int nv = (n + G - 1) / G * G;
+  philox_block<kIsa>(nv, seed, ctr0, d.u);
+  if (P.flags & kUpper) {
+    draw_lanes<F, kUniform, true>(nv, P, a, b, d);
+  } else {
+    draw_lanes<F, kUniform, false>(nv, P, a, b, d);
   }
-  if (any_asym) {  // p < 1e-294 in some lane: redo it with the scalar header, which has the asymptotic branch
+  if (P.flags & kAsym) {  // p < 1e-294 in some lane: redo it with the scalar header, which has the asymptotic branch
     for (int i = 0; i < n; ++i) {
-      if (!d.asym[i]) continue;
+      if (!(d.rt[i] > kNdtriF32MaxR)) continue;
       const int64_t j = P.at(i);
       const LognormalUnit<float> p{P.mu[j], P.sigma[j], P.al[j], P.be[j], P.lf[j], P.r[j], P.s[j]};
       const LognormalDraw<float> dr = lognormal_draw<float>(d.u[i], p, a, b);
@@ -389,36 +195,71 @@ FB_AI void draw_block(int n, uint64_t seed, uint64_t ctr0, const Lanes<float, kU
   }
 }
 
-// Per lane gm = ∂x_s/∂μ and gs = σ·∂x_s/∂σ (reference grad_factors).  kFar: 0 near branch only, 1 far (Mills)
-// branch only, 2 either, picked per lane by β' < -FAR_TAIL.
-template <bool kUniform, int kFar>
-FB_AI void grad_block(int n, const Lanes<float, kUniform>& P, const DrawBlock& d, float* __restrict gm,
+template <typename F>
+FB_AI F mills(F t) {
+  const F t2 = 1.0f / (t * t);
+  return 1.0f - t2 + 3.0f * t2 * t2;
+}
+
+// Per lane gm = ∂x_s/∂μ and gs = σ·∂x_s/∂σ (reference grad_factors), lanes [0, nv).  kFar: 0 near branch only,
+// 1 far (Mills) branch only, 2 either, picked per lane by β' < -FAR_TAIL.
+template <int kIsa, bool kUniform, int kFar>
+FB_AI void grad_block(int nv, const Lanes<float, kUniform>& P, const DrawBlock& d, float* __restrict gm,
                       float* __restrict gs) {
+  using F = VecF<kIsa>;
+  constexpr int W = vec::kWidth<F>, K = kInterleave;
   constexpr float kTail = static_cast<float>(kLognormalFarTail);
-#pragma omp simd
-  for (int i = 0; i < n; ++i) {
-    const int64_t j = P.at(i);
-    const float v = d.v[i], w = d.w[i], eps = d.eps[i];
-    const float al = P.al[j], be = P.be[j], r = P.r[j];
-    float ra = 0.0f, rb = 0.0f;
-    if (kFar != 1) {
-      rb = fsel(v > 0.0f, vexp(vlog(v) - 0.5f * (be - eps) * (be + eps)), 0.0f);
-      ra = vexp(vlog1p(-v) - 0.5f * (al - eps) * (al + eps));
+  for (int i0 = 0; i0 < nv; i0 += W * K) {
+    F ra[K], rb[K];
+    for (int k = 0; k < K; ++k) {
+      const int i = i0 + k * W;
+      const F v = vec::load<F>(d.v + i), eps = vec::load<F>(d.eps + i);
+      const F al = lane_load<F, kUniform>(P.al, i), be = lane_load<F, kUniform>(P.be, i);
+      ra[k] = F{};
+      rb[k] = F{};
+      if (kFar != 1) {
+        // v·φ(β')/φ(ε') = v·exp((ε'² - β'²)/2) without log v: the exponent stays below ~87.3 in the near branch
+        // (Φ(ε')/Φ(β') >= FLT_MIN), and the clamp keeps a rounding excess finite; (1-v)·φ(α')/φ(ε') <= 1-v
+        const F eb = vec::vmin(-0.5f * (be - eps) * (be + eps), vec::splat<F>(88.72f));
+        rb[k] = vec::sel(v > 0.0f, v * vec::exp(eb), F{});
+        ra[k] = (1.0f - v) * vec::exp(-0.5f * (al - eps) * (al + eps));
+      }
+      if (kFar != 0) {
+        const F w = vec::load<F>(d.w + i), r = lane_load<F, kUniform>(P.r, i);
+        const F pe = vec::vmax(-eps, vec::splat<F>(kTail));
+        const F mp = mills(pe);
+        const F cb = vec::vmax(-be, vec::splat<F>(kTail));
+        const F ca = vec::vmax(-al, vec::splat<F>(kTail));
+        const F rb_f = (v / w) * (cb / pe) * mp / mills(cb);
+        const F ra_f = vec::sel(r > 0.0f, ((1.0f - v) * r / w) * (ca / pe) * mp / mills(ca), F{});
+        const auto far = kFar == 1 ? (be == be) : (be < -kTail);
+        ra[k] = vec::sel(far, ra_f, ra[k]);
+        rb[k] = vec::sel(far, rb_f, rb[k]);
+      }
     }
-    if (kFar != 0) {
-      const float pe = fsel(-eps < kTail, kTail, -eps);
-      const float mp = mills(pe);
-      const float cb = fsel(-be < kTail, kTail, -be);
-      const float ca = fsel(-al < kTail, kTail, -al);
-      const float rb_f = (v / w) * (cb / pe) * mp / mills(cb);
-      const float ra_f = fsel(r > 0.0f, ((1.0f - v) * r / w) * (ca / pe) * mp / mills(ca), 0.0f);
-      const bool far = kFar == 1 || be < -kTail;
-      ra = fsel(far, ra_f, ra);
-      rb = fsel(far, rb_f, rb);
+    for (int k = 0; k < K; ++k) {
+      const int i = i0 + k * W;
+      const F eps = vec::load<F>(d.eps + i);
+      const F al = lane_load<F, kUniform>(P.al, i), be = lane_load<F, kUniform>(P.be, i);
+      vec::store(gm + i, 1.0f - ra[k] - rb[k]);
+      // α'·ra vanishes wherever ra does; guard the 0·inf of a huge |α'|
+      const F dsig = eps - vec::sel(ra[k] > 0.0f, al * ra[k], F{}) - vec::sel(rb[k] > 0.0f, be * rb[k], F{});
+      vec::store(gs + i, lane_load<F, kUniform>(P.s, i) * dsig * lane_load<F, kUniform>(P.sigma, i));
     }
-    gm[i] = 1.0f - ra - rb;
-    // α'·ra vanishes wherever ra does; guard the 0·inf of a huge |α'|
-    gs[i] = P.s[j] * (eps - fsel(ra > 0.0f, al * ra, 0.0f) - fsel(rb > 0.0f, be * rb, 0.0f)) * P.sigma[j];
+  }
+}
+
+// grad_block with the branch set the block's units need (S == 1 blocks and tables mix units).
+template <int kIsa, bool kUniform>
+FB_AI void grad_block_any(int n, const Lanes<float, kUniform>& P, const DrawBlock& d, float* gm, float* gs) {
+  constexpr int G = vec::kWidth<VecF<kIsa>> * kInterleave;
+  const int nv = (n + G - 1) / G * G;
+  if (!(P.flags & kFar)) {
+    grad_block<kIsa, kUniform, 0>(nv, P, d, gm, gs);
+  } else if (kUniform) {
+    grad_block<kIsa, kUniform, 1>(nv, P, d, gm, gs);
+  } else {
+    grad_block<kIsa, kUniform, 2>(nv, P, d, gm, gs);
   }
 }
 
@@ -504,7 +345,7 @@ struct BwdArgs {
 template <int kIsa, bool kBackward>
 FB_AI void table_range(const TableArgs& A, int64_t lo, int64_t hi) {
   const UnitTable<float>& U = *A.U;
-  const int64_t C = static_cast<int64_t>(U.mu.size());
+  const int64_t C = static_cast<int64_t>(U.keep.size());
   const int64_t bpr = (C + kLanes - 1) / kLanes;
   DrawBlock d;
   alignas(64) float gm[kLanes], gs[kLanes];
@@ -516,7 +357,7 @@ FB_AI void table_range(const TableArgs& A, int64_t lo, int64_t hi) {
     const uint8_t* keep = U.keep.data() + c0;
     float* t = A.th + row * C + c0;
     if (kBackward) {
-      grad_block<false, 2>(n, P, d, gm, gs);
+      grad_block_any<kIsa, false>(n, P, d, gm, gs);
       float* m = A.fm + row * C + c0;
       float* s = A.fs + row * C + c0;
       for (int i = 0; i < n; ++i) {
@@ -672,7 +513,7 @@ FB_AI void backward_range(const BwdArgs<X, G>& A, int64_t klo, int64_t khi) {
           const int n = static_cast<int>(std::min<int64_t>(kLanes, C - c0));
           const auto PL = lanes_at<float, false>(U, c0);
           draw_block<kIsa, false>(n, A.D.seed, A.D.offset + static_cast<uint64_t>(row * C + c0), PL, A.D.a, A.D.b, d);
-          grad_block<false, 2>(n, PL, d, gm, gs);
+          grad_block_any<kIsa, false>(n, PL, d, gm, gs);
           const uint8_t* kp = keep + c0;
           double* __restrict bm = am + c0;
           double* __restrict bs = as + c0;
@@ -714,16 +555,11 @@ FB_AI void backward_range(const BwdArgs<X, G>& A, int64_t klo, int64_t khi) {
         as[c] += sgx * static_cast<double>(A.fs[ti]);
       } else {
         const auto PL = lanes_at<float, true>(U, c);
-        const bool far = U.be[c] < -static_cast<float>(kLognormalFarTail);
         double sm = 0.0, ss = 0.0;
         for (int64_t s0 = 0; s0 < S; s0 += kLanes) {
           const int n = static_cast<int>(std::min<int64_t>(kLanes, S - s0));
           draw_block<kIsa, true>(n, A.D.seed, A.D.offset + static_cast<uint64_t>(seg * S + s0), PL, A.D.a, A.D.b, d);
-          if (far) {
-            grad_block<true, 1>(n, PL, d, gm, gs);
-          } else {
-            grad_block<true, 0>(n, PL, d, gm, gs);
-          }
+          grad_block_any<kIsa, true>(n, PL, d, gm, gs);
 #pragma omp simd reduction(+ : sm, ss)
           for (int i = 0; i < n; ++i) {
             const float gv = to_f(gq[s0 + i]);
@@ -737,6 +573,33 @@ FB_AI void backward_range(const BwdArgs<X, G>& A, int64_t klo, int64_t khi) {
         as[c] += ss;
       }
     }
+  }
+}
+
+// Test hook: the vectorised quantile alone (vec::ndtri), items are groups of kLanes values.
+struct NdtriArgs {
+  const float *p, *tail;
+  float* out;
+  int64_t n;
+};
+
+template <int kIsa>
+FB_AI void ndtri_range(const NdtriArgs& A, int64_t lo, int64_t hi) {
+  using F = VecF<kIsa>;
+  constexpr int W = vec::kWidth<F>;
+  alignas(64) float p[kLanes], t[kLanes], e[kLanes];
+  for (int64_t blk = lo; blk < hi; ++blk) {
+    const int64_t i0 = blk * kLanes;
+    const int n = static_cast<int>(std::min<int64_t>(kLanes, A.n - i0));
+    std::fill(p, p + kLanes, 0.5f);
+    std::fill(t, t + kLanes, 1.0f);
+    std::copy(A.p + i0, A.p + i0 + n, p);
+    std::copy(A.tail + i0, A.tail + i0 + n, t);
+    for (int i = 0; i < kLanes; i += W) {
+      F rt;
+      vec::store(e + i, vec::ndtri(vec::load<F>(p + i), vec::load<F>(t + i), &rt));
+    }
+    std::copy(e, e + n, A.out + i0);
   }
 }
 
@@ -756,35 +619,19 @@ FB_AI void backward_range(const BwdArgs<X, G>& A, int64_t klo, int64_t khi) {
   template <typename X, typename G, bool kE>                                                               \
   attr void backward_##sfx(const BwdArgs<X, G>& a, int64_t lo, int64_t hi) {                               \
     backward_range<isa, X, G, kE>(a, lo, hi);                                                              \
+  } \
+  template <int kDummy>                                                                                    \
+  attr void ndtri_##sfx(const NdtriArgs& a, int64_t lo, int64_t hi) {                                      \
+    ndtri_range<isa>(a, lo, hi);                                                                           \
   }
 
 FB_ISA_WORKERS(, base, kBase)
 #ifdef FB_X86_PATHS
-FB_ISA_WORKERS(__attribute__((target("avx2,fma"))), avx2, kAvx2)
+FB_ISA_WORKERS(__attribute__((target(FB_AVX2_TARGET))), avx2, kAvx2)
 FB_ISA_WORKERS(__attribute__((target(FB_AVX512_TARGET))), avx512, kAvx512)
 #endif
 
-// The best ISA this CPU runs; FASTBAYES_CPU_ISA=base|avx2|avx512 caps it (for testing and comparisons).
-int best_isa() {
-  static const int isa = [] {
-    int best = kBase;
-#ifdef FB_X86_PATHS
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = kAvx2;
-    if (best == kAvx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) {
-      best = kAvx512;
-    }
-#endif
-    if (const char* cap = std::getenv("FASTBAYES_CPU_ISA")) {
-      const std::string_view c(cap);
-      const int want = c == "base" ? kBase : (c == "avx2" ? kAvx2 : kAvx512);
-      best = std::min(best, want);
-    }
-    return best;
-  }();
-  return isa;
-}
+using cpu::best_isa;
 
 #ifdef FB_X86_PATHS
 #define FB_PICK(name, ...)                                                                       \
@@ -802,7 +649,7 @@ void run_range(int64_t n, int64_t grain, Fn worker, const Args& args) {
 
 void make_table(bool backward, const UnitTable<float>& U, const Draw& D, int64_t rows, float* th, float* fm,
                 float* fs) {
-  const int64_t C = static_cast<int64_t>(U.mu.size());
+  const int64_t C = static_cast<int64_t>(U.keep.size());
   const int64_t blocks = rows * ((C + kLanes - 1) / kLanes);
   const TableArgs a{&U, D, th, fm, fs};
   if (backward) {
@@ -812,13 +659,39 @@ void make_table(bool backward, const UnitTable<float>& U, const Draw& D, int64_t
   }
 }
 
-Chunks make_chunks(int64_t items, int64_t numel, int64_t C) {
-  int64_t k = std::clamp<int64_t>(numel / kGrainElems, 1, kMaxChunks);
+// `grain`: elements per chunk worth a thread (kGrainElems for the memory-bound passes, kGrainDraws where every
+// element draws).
+Chunks make_chunks(int64_t items, int64_t numel, int64_t C, int64_t grain) {
+  int64_t k = std::clamp<int64_t>(numel / grain, 1, kMaxChunks);
   // the chunks' 2·C double accumulators are zeroed and summed: keep them under ~1/8 of the 12 bytes/element moved
   k = std::min<int64_t>(k, std::max<int64_t>(1, numel * 3 / (32 * std::max<int64_t>(C, 1))));
   k = std::max<int64_t>(1, std::min(k, items));
   const int64_t per = std::max<int64_t>(1, (items + k - 1) / k);
   return {(items + per - 1) / per, per};
+}
+
+// θ per table row and unit, with the backward's fm = θ·∂x_s/∂μ and fs = θ·σ·∂x_s/∂σ ("batch": one row, "sample":
+// one per example).  The forward computes all three and leaves them in a per-thread content cache, so the backward
+// of the same call finds them instead of drawing again (~1 ns a unit more in the forward, the draws saved in the
+// backward).
+struct ThetaTables {
+  std::vector<float> th, fm, fs;
+};
+
+std::shared_ptr<const ThetaTables> theta_tables(const UnitTable<float>& U, const Draw& D, int64_t rows) {
+  thread_local cpu::ContentCache<ThetaTables> cache(64, size_t{64} << 20);
+  const int64_t C = static_cast<int64_t>(U.keep.size());
+  cpu::KeyBuilder kb;
+  kb.add(U.key.data(), U.key.size()).value(D.seed).value(D.offset).value(D.a).value(D.b).value(rows);
+  std::vector<char> key = kb.take();
+  if (auto hit = cache.find(key)) return hit;
+  auto t = std::make_shared<ThetaTables>();
+  t->th.resize(rows * C);
+  t->fm.resize(rows * C);
+  t->fs.resize(rows * C);
+  make_table(true, U, D, rows, t->th.data(), t->fm.data(), t->fs.data());
+  cache.put(std::move(key), t, static_cast<size_t>(3 * rows * C) * sizeof(float));
+  return t;
 }
 
 template <typename X>
@@ -834,9 +707,8 @@ void float_forward(const X* x, X* y, const UnitTable<float>& U, const Draw& D, c
     return;
   }
   const bool per_sample = gran == Granularity::kSample;
-  std::vector<float> th((per_sample ? sh.R / sh.P : 1) * C);
-  make_table(false, U, D, per_sample ? sh.R / sh.P : 1, th.data(), nullptr, nullptr);
-  const FwdArgs<X> a{x, y, &U, D, sh, per_sample, th.data()};
+  const auto tab = theta_tables(U, D, per_sample ? sh.R / sh.P : 1);
+  const FwdArgs<X> a{x, y, &U, D, sh, per_sample, tab->th.data()};
   if (S == 1) {
     run_range(sh.R, kGrainElems / C, FB_PICK(scale, X), a);
   } else {
@@ -853,12 +725,10 @@ void float_backward(const G* g, const X* x, X* dx, const UnitTable<float>& U, co
     run_range(ch.count, 1, FB_PICK(backward, X, G, true), a);
     return;
   }
-  const int64_t rows = a.per_sample ? sh.R / sh.P : 1;
-  std::vector<float> th(rows * C), fm(rows * C), fs(rows * C);
-  make_table(true, U, D, rows, th.data(), fm.data(), fs.data());
-  a.th = th.data();
-  a.fm = fm.data();
-  a.fs = fs.data();
+  const auto tab = theta_tables(U, D, a.per_sample ? sh.R / sh.P : 1);
+  a.th = tab->th.data();
+  a.fm = tab->fm.data();
+  a.fs = tab->fs.data();
   run_range(ch.count, 1, FB_PICK(backward, X, G, false), a);
 }
 
@@ -985,7 +855,19 @@ UnitTable<T> unit_table(const at::Tensor& mu, const at::Tensor& log_sigma, const
   const double* lp = l.const_data_ptr<double>();
   const int64_t C = m.numel();
   UnitTable<T> u;
-  for (auto* v : {&u.mu, &u.sgs, &u.sigma, &u.al, &u.be, &u.lf, &u.r, &u.s}) v->resize(C);
+  // kLanes spare entries of a harmless unit (μ = 0, σ = 1, [α', β'] = [-1, 1]) after the C real ones
+  const int64_t Cp = C + kLanes;
+  u.mu.assign(Cp, T(0));
+  u.sgs.assign(Cp, T(1));
+  u.sigma.assign(Cp, T(1));
+  u.al.assign(Cp, T(-1));
+  u.be.assign(Cp, T(1));
+  u.lf.assign(Cp, T(-0.17));
+  u.r.assign(Cp, T(0.2));
+  u.s.assign(Cp, T(1));
+  u.phib.assign(Cp, 0.84f);
+  u.phibc.assign(Cp, 0.16f);
+  u.flags.assign(C, 0);
   u.keep.assign(C, 1);
   if (mask) {
     const at::Tensor mk = mask->contiguous();
@@ -994,7 +876,8 @@ UnitTable<T> unit_table(const at::Tensor& mu, const at::Tensor& log_sigma, const
   }
   at::parallel_for(0, C, 256, [&](int64_t lo, int64_t hi) {
     for (int64_t c = lo; c < hi; ++c) {
-      const LognormalUnit<T> p = lognormal_unit<T>(mp[c], lp[c], a, b);
+      const double l = static_cast<double>(mp[c]), ls = static_cast<double>(lp[c]);
+      const LognormalUnit<T> p = lognormal_unit<T>(l, ls, a, b);
       u.mu[c] = p.mu;
       u.sigma[c] = p.sigma;
       u.sgs[c] = p.sigma * p.s;
@@ -1003,9 +886,47 @@ UnitTable<T> unit_table(const at::Tensor& mu, const at::Tensor& log_sigma, const
       u.lf[c] = p.log_far;
       u.r[c] = p.r;
       u.s[c] = p.s;
+      const double far = static_cast<double>(p.log_far);
+      u.phib[c] = std::exp(static_cast<float>(far));  // float exp: Φ(β') is only used in float
+      uint8_t f = 0;
+      // p = Φ(β')·w > 0.925 needs β' > 1.4395; the margin covers the float rounding of β'
+      if (static_cast<double>(p.be) > 1.4) {
+        f |= kUpper;
+        const double sg = std::exp(ls), al = (a - l) / sg, be = (b - l) / sg;
+        u.phibc[c] = static_cast<float>(std::exp(log_ndtr(-((al + be) > 0 ? -al : be))));
+      } else {
+        u.phibc[c] = 0.0f;
+      }
+      if (!(far > -580.0)) f |= kAsym;  // log p >= L + log FLT_MIN = L - 87.3 stays above -676 otherwise
+      if (p.be < -static_cast<T>(kLognormalFarTail)) f |= kFar;
+      u.flags[c] = f;
     }
   });
+  u.block_flags.assign((C + kLanes - 1) / kLanes, 0);
+  for (int64_t c = 0; c < C; ++c) u.block_flags[c / kLanes] |= u.flags[c];
   return u;
+}
+
+// unit_table behind a per-thread content cache (content_cache.h): a training step's backward finds the table of
+// its forward (the prologue costs ~50 ns a unit, as much as the whole pass over a small activation).
+template <typename T>
+std::shared_ptr<const UnitTable<T>> unit_table_cached(const at::Tensor& mu_in, const at::Tensor& log_sigma_in,
+                                                      const std::optional<at::Tensor>& mask, double a, double b) {
+  thread_local cpu::ContentCache<UnitTable<T>> cache(64, size_t{16} << 20);
+  const at::Tensor mu = mu_in.contiguous(), ls = log_sigma_in.contiguous();
+  const size_t nb = static_cast<size_t>(mu.numel()) * mu.element_size();
+  const at::Tensor mk = mask ? mask->contiguous() : at::Tensor();
+  cpu::KeyBuilder kb;
+  kb.value(a).value(b).value(static_cast<int>(mu.scalar_type())).add(mu.const_data_ptr(), nb);
+  kb.add(ls.const_data_ptr(), nb).add(mask ? mk.const_data_ptr() : nullptr, mask ? static_cast<size_t>(mk.numel()) : 0);
+  kb.value(static_cast<int>(mask.has_value()));
+  std::vector<char> key = kb.take();
+  if (auto hit = cache.find(key)) return hit;
+  auto table = std::make_shared<UnitTable<T>>(unit_table<T>(mu, ls, mask, a, b));
+  table->key = key;
+  const size_t bytes = static_cast<size_t>(mu.numel() + kLanes) * (8 * sizeof(T) + 2 * sizeof(float) + 4);
+  cache.put(std::move(key), table, bytes);
+  return table;
 }
 
 at::Tensor lognormal_noise_cpu(const at::Tensor& x_in, const at::Tensor& mu, const at::Tensor& log_sigma,
@@ -1017,12 +938,14 @@ at::Tensor lognormal_noise_cpu(const at::Tensor& x_in, const at::Tensor& mu, con
   if (x.numel() == 0) return y;
   const uint64_t sd = static_cast<uint64_t>(seed), off = static_cast<uint64_t>(offset);
   if (x.scalar_type() == at::kDouble) {
-    const UnitTable<double> U = unit_table<double>(mu, log_sigma, mask, a, b);
+    const auto Up = unit_table_cached<double>(mu, log_sigma, mask, a, b);
+    const UnitTable<double>& U = *Up;
     double_forward(x.const_data_ptr<double>(), y.mutable_data_ptr<double>(),
                    DoubleArgs{&U, sd, off, a, b, ck.shape, ck.gran});
     return y;
   }
-  const UnitTable<float> U = unit_table<float>(mu, log_sigma, mask, a, b);
+  const auto Up = unit_table_cached<float>(mu, log_sigma, mask, a, b);
+  const UnitTable<float>& U = *Up;
   // torch.clamp rounds its Python-float bounds to the tensor's dtype
   const Draw D{sd, off, static_cast<float>(a), static_cast<float>(b)};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lognormal_noise_cpu", [&] {
@@ -1053,15 +976,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lognormal_noise_backward_cpu(
   const int64_t C = sh.C;
   const uint64_t sd = static_cast<uint64_t>(seed), off = static_cast<uint64_t>(offset);
   const bool lanes_over_units = sh.S == 1 && x.scalar_type() != at::kDouble;
-  const Chunks ch = make_chunks(lanes_over_units ? sh.R : sh.R * C, x.numel(), C);
+  const Chunks ch = make_chunks(lanes_over_units ? sh.R : sh.R * C, x.numel(), C,
+                                ck.gran == Granularity::kElement ? kGrainDraws : kGrainElems);
   std::vector<double> acc(static_cast<size_t>(ch.count * 2 * C), 0.0);
   if (x.numel() > 0) {
     if (x.scalar_type() == at::kDouble) {
-      const UnitTable<double> U = unit_table<double>(mu, log_sigma, mask, a, b);
+      const auto Up = unit_table_cached<double>(mu, log_sigma, mask, a, b);
+    const UnitTable<double>& U = *Up;
       double_backward(g.const_data_ptr<double>(), x.const_data_ptr<double>(), dx.mutable_data_ptr<double>(),
                       DoubleArgs{&U, sd, off, a, b, sh, ck.gran}, acc.data(), ch);
     } else {
-      const UnitTable<float> U = unit_table<float>(mu, log_sigma, mask, a, b);
+      const auto Up = unit_table_cached<float>(mu, log_sigma, mask, a, b);
+  const UnitTable<float>& U = *Up;
       const Draw D{sd, off, static_cast<float>(a), static_cast<float>(b)};
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lognormal_noise_backward_cpu", [&] {
         if constexpr (!std::is_same_v<scalar_t, double>) {
@@ -1077,32 +1003,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lognormal_noise_backward_cpu(
       });
     }
   }
-  // fixed-order sum over the chunks; masked units get exactly 0
-  at::Tensor dmu64 = at::zeros({C}, mu.options().dtype(at::kDouble));
-  at::Tensor dls64 = at::zeros({C}, mu.options().dtype(at::kDouble));
-  double* pm = dmu64.mutable_data_ptr<double>();
-  double* ps = dls64.mutable_data_ptr<double>();
+  // fixed-order sum over the chunks in double, rounded once to mu's dtype; masked units get exactly 0
+  at::Tensor dmu = at::empty({C}, mu.options()), dls = at::empty({C}, mu.options());
   const at::Tensor mk = mask ? mask->contiguous() : at::Tensor();
   const bool* kp = mask ? mk.const_data_ptr<bool>() : nullptr;
-  at::parallel_for(0, C, 1024, [&](int64_t lo, int64_t hi) {
-    for (int64_t k = 0; k < ch.count; ++k) {
-      const double* am = acc.data() + k * 2 * C;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "lognormal_noise_backward_sums", [&] {
+    scalar_t* pm = dmu.mutable_data_ptr<scalar_t>();
+    scalar_t* ps = dls.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, C, 8192, [&](int64_t lo, int64_t hi) {
       for (int64_t c = lo; c < hi; ++c) {
-        pm[c] += am[c];
-        ps[c] += am[C + c];
+        double sm = 0.0, ss = 0.0;
+        for (int64_t k = 0; k < ch.count; ++k) {
+          sm += acc[k * 2 * C + c];
+          ss += acc[k * 2 * C + C + c];
+        }
+        const bool keep = !kp || kp[c];
+        pm[c] = static_cast<scalar_t>(keep ? sm : 0.0);
+        ps[c] = static_cast<scalar_t>(keep ? ss : 0.0);
       }
-    }
-    for (int64_t c = lo; c < hi && kp; ++c) {
-      if (!kp[c]) pm[c] = ps[c] = 0.0;
-    }
+    });
   });
-  return {dx, dmu64.to(mu.scalar_type()), dls64.to(mu.scalar_type())};
+  return {dx, dmu, dls};
+}
+
+// Test hook for tests/test_lognormal_cpu_fast.py: the per-element quantile of the current ISA on float32 p and
+// tail = -log(min(p, 1-p)) (ndtri_f32.h), without the scalar asymptotic branch of tail > 676.
+at::Tensor ndtri_f32_cpu(const at::Tensor& p_in, const at::Tensor& tail_in) {
+  TORCH_CHECK_VALUE(p_in.scalar_type() == at::kFloat && tail_in.scalar_type() == at::kFloat &&
+                        p_in.sizes() == tail_in.sizes() && p_in.device().is_cpu() && tail_in.device().is_cpu(),
+                    "p and tail must be float32 CPU tensors of one shape");
+  const at::Tensor p = p_in.contiguous(), t = tail_in.contiguous();
+  at::Tensor out = at::empty_like(p);
+  const NdtriArgs a{p.const_data_ptr<float>(), t.const_data_ptr<float>(), out.mutable_data_ptr<float>(), p.numel()};
+  run_range((p.numel() + kLanes - 1) / kLanes, 64, FB_PICK(ndtri, 0), a);
+  return out;
 }
 
 }  // namespace
 }  // namespace fastbayes
 
 TORCH_LIBRARY_FRAGMENT(fastbayes_C, m) {
+  m.def("_ndtri_f32(Tensor p, Tensor tail) -> Tensor");
   m.def("lognormal_noise(Tensor x, Tensor mu, Tensor log_sigma, Tensor? mask, float a, float b, int dim, "
         "str granularity, int seed, int offset) -> Tensor");
   m.def("lognormal_noise_backward(Tensor grad_y, Tensor x, Tensor mu, Tensor log_sigma, Tensor? mask, float a, "
@@ -1110,6 +1051,7 @@ TORCH_LIBRARY_FRAGMENT(fastbayes_C, m) {
 }
 
 TORCH_LIBRARY_IMPL(fastbayes_C, CPU, m) {
+  m.impl("_ndtri_f32", &fastbayes::ndtri_f32_cpu);
   m.impl("lognormal_noise", &fastbayes::lognormal_noise_cpu);
   m.impl("lognormal_noise_backward", &fastbayes::lognormal_noise_backward_cpu);
 }

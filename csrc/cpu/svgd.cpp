@@ -27,8 +27,9 @@
 #include <sys/mman.h>
 #endif
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#include <immintrin.h>
+#include "isa.h"
+
+#ifdef FB_X86_PATHS
 #define FB_SVGD_AVX2 1
 #endif
 
@@ -167,15 +168,10 @@ __attribute__((target("avx2,fma"))) void shift_rows_avx2(const float* x, int64_t
   shift_rows<float>(x, n, m, t0, w, ct, buf);
 }
 
-bool use_avx2() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-}
+// the shared run-time ISA choice (csrc/cpu/isa.h), so FASTBAYES_CPU_ISA caps this op too
+bool use_avx2() { return cpu::best_isa() >= cpu::kAvx2; }
 
-bool use_avx512() {
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
-  return ok;
-}
+bool use_avx512() { return cpu::best_isa() >= cpu::kAvx512; }
 #endif
 
 template <typename T>

@@ -34,9 +34,10 @@ FB_INLINE LognormalUnit<T> lognormal_unit(double mu, double log_sigma, double a,
   // - ½log 2π (x < 0) detects that without the second log_ndtr, which is half the prologue's cost and the usual
   // case (μ inside [a, b] with small σ puts α' far in the tail).
   const double underflow = sizeof(T) == sizeof(float) ? -110.0 : -750.0;
-  const double r = (al_c < -1.0 && -0.5 * al_c * al_c - ::log(-al_c) - kHalfLog2Pi - far < underflow)
-                       ? 0.0
-                       : ::exp(log_ndtr(al_c) - far);
+  // (-log(-x) < 0 there, so the bound without it is tried first: it settles the usual far-tail α' with no log)
+  const bool under = al_c < -1.0 && (-0.5 * al_c * al_c - kHalfLog2Pi - far < underflow ||
+                                     -0.5 * al_c * al_c - ::log(-al_c) - kHalfLog2Pi - far < underflow);
+  const double r = under ? 0.0 : ::exp(log_ndtr(al_c) - far);
   return {static_cast<T>(mu), static_cast<T>(sigma), static_cast<T>(al_c), static_cast<T>(be_c),
           static_cast<T>(far), static_cast<T>(r), static_cast<T>(mirror ? -1.0 : 1.0)};
 }
