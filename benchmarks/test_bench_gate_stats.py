@@ -78,4 +78,5 @@ def test_gate_stats_fwd_bwd(benchmark, provider, spread):
         benchmark.pedantic(timed, rounds=20, warmup_rounds=3)
     else:
         benchmark.pedantic(fn, rounds=15, warmup_rounds=2)
-    benchmark.extra_info["ns_per_unit"] = benchmark.stats.stats.median / mu.numel() * 1e9
+    if benchmark.stats is not None:      # None in the --benchmark-disable smoke pass
+        benchmark.extra_info["ns_per_unit"] = benchmark.stats.stats.median / mu.numel() * 1e9
