@@ -154,6 +154,26 @@ def test_backend_far_from_origin(kernel_backend, dtype):
     _close(h.reshape(()), h_ref, 1e-5 if dtype == torch.float32 else 1e-10, "h")
 
 
+@pytest.mark.parametrize("scale", [1e20, 1e-20])
+def test_cpu_huge_and_tiny_particles_stay_finite(scale):
+    """float32 particles spread over ±1e20 (their squares overflow float32) or ±1e-20 (theirs underflow): the
+    distances are accumulated exactly enough that the kernel matrix and φ match the float64 reference."""
+    if not fb.backends.available()["cpu"]:
+        pytest.skip("no compiled CPU backend")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 300, generator=g) * scale
+    s = torch.randn(5, 300, generator=g)
+    with fb.backends.use("cpu"):
+        K, h = torch.ops.fastbayes.svgd_kernel_matrix([x], None)
+        phi = svgd_direction(x, s)
+    K_ref, h_ref = R.svgd_kernel_matrix([x.double()], None)
+    assert torch.isfinite(K).all() and torch.isfinite(phi).all()
+    _close(K, K_ref, 1e-5, "K")
+    _close(h.reshape(()), h_ref, 1e-5, "h")
+    with fb.backends.use("reference"):
+        _close(phi, svgd_direction(x, s), 1e-4, "phi")
+
+
 @pytest.mark.parametrize("bandwidth", [None, 1.5])
 def test_backend_public_op(kernel_backend, bandwidth):
     name, device = kernel_backend

@@ -21,6 +21,7 @@
 #include <optional>
 #include <tuple>
 #include <type_traits>
+#include <limits>
 #include <vector>
 
 #if defined(__linux__)
@@ -208,6 +209,24 @@ void gram_chunk(const T* x, int64_t n, int64_t m, int64_t c0, int64_t c1, std::v
     shift_rows<T>(x, n, m, t0, w, ct, buf.data());
 #endif
     std::fill(buf.begin() + n * ct, buf.begin() + npad * ct, T(0));  // padded rows
+    if constexpr (std::is_same_v<T, float>) {
+      // float lanes accumulate products: |x| beyond ~1e17 (or below ~1e-17) would overflow (underflow) them, while
+      // the reference works in float64.  Such a tile is scaled by a power of two (exact) and its Gram block added
+      // back with the square of that scale, in double.
+      float amax = 0.0f;
+      for (int64_t i = 0; i < n * ct; ++i) amax = std::max(amax, std::fabs(buf[i]));
+      const float hi = std::sqrt(std::numeric_limits<float>::max() / static_cast<float>(4 * ct));
+      if (std::isfinite(amax) && amax > 0.0f && (amax > hi || amax < 1e-17f)) {
+        const int e = std::ilogb(amax);
+        const float down = std::ldexp(1.0f, -e);
+        for (int64_t i = 0; i < n * ct; ++i) buf[i] *= down;
+        std::vector<double> part(static_cast<size_t>(npad * npad), 0.0);
+        gram_tile<T>(buf.data(), npad, ct, part.data());
+        const double up = std::ldexp(1.0, 2 * e);
+        for (int64_t i = 0; i < npad * npad; ++i) G[i] += up * part[i];
+        continue;
+      }
+    }
     gram_tile<T>(buf.data(), npad, ct, G);
   }
 }
