@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import fastbayes as fb
+from fastbayes.benchtools import best_seconds
 from fastbayes.ops.bernoulli import bernoulli_gate, scale_mixture_prior
 from fastbayes.reference import bernoulli as ref
 
@@ -132,19 +133,6 @@ def test_scale_mixture_prior_fwd_bwd(benchmark, provider):
     _timed(benchmark, fn, device)
 
 
-def _best_s(fn, reps):
-    """Least seconds per call over 5 runs of `reps` calls (the quietest run on a shared machine)."""
-    import time
-    fn()
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / reps)
-    return best
-
-
 @pytest.mark.parametrize("shape,dim", [((128, 150), 1), ((256, 64, 32, 32), 1)],
                          ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else f"dim{v}")
 def test_bernoulli_gate_cpu_kernel(benchmark, shape, dim):
@@ -177,7 +165,7 @@ def test_bernoulli_gate_cpu_kernel(benchmark, shape, dim):
     info = dict(provider="cpu-kernel", numel=n, threads=torch.get_num_threads())
     if not smoke:
         reps = max(1, int(2e6 // n))
-        t_fwd, t_pair = _best_s(fwd, reps), _best_s(fn, reps)
+        t_fwd, t_pair = best_seconds(fwd, reps), best_seconds(fn, reps)
         info.update(fwd_ns_per_element=t_fwd / n * 1e9, bwd_ns_per_element=(t_pair - t_fwd) / n * 1e9)
     benchmark.extra_info.update(info)
     benchmark.pedantic(fn, rounds=5, warmup_rounds=1)

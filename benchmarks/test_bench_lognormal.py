@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import fastbayes as fb
+from fastbayes.benchtools import best_seconds
 from fastbayes.reference import lognormal as ref
 
 SHAPES = [((128, 64, 32, 32), 1), ((256, 4096), 1)]
@@ -104,19 +105,6 @@ def test_lognormal_fwd_bwd(benchmark, shape, dim, gran, provider):
         benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
 
 
-def _best_s(fn, reps):
-    """Least seconds per call over 5 runs of `reps` calls (the quietest run on a shared machine)."""
-    import time
-    fn()
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / reps)
-    return best
-
-
 # the raw CPU kernels (no autograd or dispatch layer): a (128, 150) activation (per-call overheads) and a large
 # conv activation (throughput); μ = 0, log σ = -5 is the training's initial point
 KERNEL_SHAPES = [((128, 150), 1), ((256, 64, 32, 32), 1)]
@@ -158,7 +146,7 @@ def test_lognormal_cpu_kernel(benchmark, shape, dim, gran):
     info = dict(provider="cpu-kernel", granularity=gran, numel=n, threads=torch.get_num_threads())
     if not smoke:
         reps = max(1, int(2e6 // n))
-        t_fwd, t_pair = _best_s(fwd, reps), _best_s(fn, reps)
+        t_fwd, t_pair = best_seconds(fwd, reps), best_seconds(fn, reps)
         info.update(fwd_ns_per_element=t_fwd / n * 1e9, bwd_ns_per_element=(t_pair - t_fwd) / n * 1e9)
     benchmark.extra_info.update(info)
     benchmark.pedantic(fn, rounds=5, warmup_rounds=1)

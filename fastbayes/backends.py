@@ -187,7 +187,9 @@ def _compiled_ops(backend: str) -> dict[str, Callable]:
     """The ops that fastbayes._C registered a ``backend`` ("cpu"/"cuda") kernel for, from torch's dispatcher."""
     from . import _C  # noqa: F401  (loading the library registers its ops)
     key = _COMPILED_KEY[backend]
-    names = [n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("fastbayes_C::")]
+    # "_"-prefixed ops are test hooks into the C++ math (e.g. _ndtri_f32), not ops the library dispatches
+    names = [n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names()
+             if n.startswith("fastbayes_C::") and not n.startswith("fastbayes_C::_")]
     return {n: getattr(torch.ops.fastbayes_C, n) for n in sorted(names)
             if torch._C._dispatch_has_kernel_for_dispatch_key(f"fastbayes_C::{n}", key)}
 

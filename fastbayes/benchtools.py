@@ -29,6 +29,18 @@ def rows(data: dict) -> list[dict]:
     return out
 
 
+def best_seconds(fn, reps: int, runs: int = 5) -> float:
+    """Least seconds per call over ``runs`` runs of ``reps`` calls (the quietest run on a shared machine)."""
+    fn()
+    best = float("inf")
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return best
+
+
 def interleaved(fns: dict, rounds: int, warmup: int = 3, inner: int = 1) -> dict[str, float]:
     """Median ms per call of each function in ``fns``, timed round-robin (a, b, c, a, b, c, ...) so that load
     changes on a shared machine hit every provider alike; ``inner`` calls per timing for µs-scale functions."""

@@ -333,6 +333,26 @@ def _plot_kept_per_layer(rep: dict, out: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _plot_accuracy_vs_compression(rep: dict, out: Path, curve_label: str, decision_pct: float,
+                                  decision_label: str) -> None:
+    """The accuracy of progressively pruned models against the share of units removed, with the method's decision."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    curve, total = rep["accuracy_vs_pruned_units"], sum(rep["total_per_layer"].values())
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([100 * c["units_pruned"] / total for c in curve], [c["accuracy"] for c in curve], "o-", color="#3a7bd5",
+            label=curve_label)
+    ax.plot([decision_pct], [rep["test_accuracy_after"]], "*", ms=14, color="#c0392b", label=decision_label)
+    ax.set_xlabel("units pruned (%)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"accuracy vs compression ({rep['compression_pct']:.1f}% of parameters removed)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_compression.png", dpi=120)
+    plt.close(fig)
+
+
 def _plots(rep: dict, final, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -356,21 +376,10 @@ def _plots(rep: dict, final, out: Path) -> None:
     fig.savefig(out / "criterion_histogram.png", dpi=120)
     plt.close(fig)
 
-    curve = rep["accuracy_vs_pruned_units"]
     total = sum(rep["total_per_layer"].values())
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([100 * c["units_pruned"] / total for c in curve], [c["accuracy"] for c in curve], "o-", color="#3a7bd5",
-            label="prune by criterion rank (no fine-tune)")
     pruned = total - sum(rep["kept_per_layer"].values())
-    ax.plot([100 * pruned / total], [rep["test_accuracy_after"]], "*", ms=14, color="#c0392b",
-            label=f"{rep['method']} decision (compact model)")
-    ax.set_xlabel("units pruned (%)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(f"accuracy vs compression ({rep['compression_pct']:.1f}% of parameters removed)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_compression.png", dpi=120)
-    plt.close(fig)
+    _plot_accuracy_vs_compression(rep, out, "prune by criterion rank (no fine-tune)", 100 * pruned / total,
+                                  f"{rep['method']} decision (compact model)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -501,19 +510,8 @@ def _plots_dllp(rep: dict, mean_r: dict, out: Path) -> None:
     fig.savefig(out / "criterion_histogram.png", dpi=120)
     plt.close(fig)
 
-    curve, total = rep["accuracy_vs_pruned_units"], sum(rep["total_per_layer"].values())
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([100 * c["units_pruned"] / total for c in curve], [c["accuracy"] for c in curve], "o-", color="#3a7bd5",
-            label="particle mean, prune by responsibility rank")
-    ax.plot([100 * rep["units_sparsity"]], [rep["test_accuracy_after"]], "*", ms=14, color="#c0392b",
-            label="consensus mask (compact particle mean)")
-    ax.set_xlabel("units pruned (%)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(f"accuracy vs compression ({rep['compression_pct']:.1f}% of parameters removed)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_compression.png", dpi=120)
-    plt.close(fig)
+    _plot_accuracy_vs_compression(rep, out, "particle mean, prune by responsibility rank", 100 * rep["units_sparsity"],
+                                  "consensus mask (compact particle mean)")
 
 
 # ----------------------------------------------------------------------------------------------------------------

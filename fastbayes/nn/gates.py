@@ -138,7 +138,8 @@ class LogNormalGate(nn.Module):
 
     def expected_scale(self) -> torch.Tensor:
         """E[θ]·mask per unit (no gradient), cached until ``mu``, ``log_sigma`` or ``mask`` change (by the tensors'
-        version counters), so an eval-mode gate costs one multiply."""
+        version counters), so an eval-mode gate costs one multiply.  Writes through ``.data`` bypass the version
+        counter: write under ``torch.no_grad()`` instead."""
         if torch.compiler.is_compiling():
             return self._expected_scale()
         key = (self.mu, self.log_sigma, self.mask, self.mu._version, self.log_sigma._version, self.mask._version,
