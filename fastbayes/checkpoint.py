@@ -45,6 +45,9 @@ def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[lis
 
 def save(path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **extra) -> None:
     """Save a gated model (gates, masks, parameters), optionally its optimiser and any ``extra`` plain data."""
+    _check_path(path)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     state = {"format": FORMAT_GATED, "version": VERSION, "gates": gate_config(model),
@@ -53,6 +56,11 @@ def save(path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
         state["optimizer_params"] = _param_names(model, optimizer)
         state["optimizer"] = optimizer.state_dict()
     torch.save(state, path)
+
+
+def _check_path(path) -> None:
+    if not isinstance(path, (str, os.PathLike)) and not hasattr(path, "write"):
+        raise TypeError(f"path must be a str, an os.PathLike or a writable file object, got {type(path).__name__}")
 
 
 def _file_kind(path) -> str:
@@ -192,6 +200,7 @@ def _check_compact(model: nn.Module, what: str) -> None:
 
 def save_compact(path, model: nn.Module, **extra) -> None:
     """Save a compact model: the pickled module (its shapes differ from its class's defaults) plus ``extra``."""
+    _check_path(path)
     _check_compact(model, "save_compact")
     torch.save({"format": FORMAT_COMPACT, "version": VERSION, "module": model, "extra": extra}, path)
 

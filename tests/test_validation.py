@@ -176,3 +176,29 @@ def test_penalty_sums_every_kind_of_gate():
     g = fb.nn.gates(m)
     torch.testing.assert_close(g["0"].penalty(), g["0"].kl_weight * g["0"].kl())
     torch.testing.assert_close(g["2"].penalty(m[2]), fb.nn.prior_loss(m))
+
+
+def test_criteria_options_checked_by_name_before_anything():
+    m = LeNet5(widths=(4, 6, 8))
+    fb.add_gates(m)
+    snap = _snapshot(m)
+    with pytest.raises(ValueError, match="threshold"):
+        fb.prune.update_masks(m, "snr", threshold="1")
+    with pytest.raises(TypeError, match="thresh"):
+        fb.prune.update_masks(m, "snr", thresh=1.0)
+    with pytest.raises(TypeError, match="thresh"):
+        fb.prune.PruneSchedule(m, "snr", prune_epochs=3, thresh=1.0)     # at construction, not after an epoch
+    _assert_unchanged(m, snap)
+
+
+def test_more_entry_points_name_their_bad_argument(tmp_path):
+    with pytest.raises(TypeError, match="path"):
+        checkpoint.save(123, LeNet5())
+    with pytest.raises(TypeError, match="model"):
+        checkpoint.save(tmp_path / "x.pt", "model")
+    with pytest.raises(TypeError, match="model"):
+        fb.prune.measure("model", torch.zeros(1, 1, 28, 28))
+    with pytest.raises(ValueError, match="init_mu"):
+        fb.nn.LogNormalGate(3, init_mu=float("nan"))
+    with pytest.raises(ValueError, match="init_log_sigma"):
+        fb.nn.LogNormalGate(3, init_log_sigma="x")

@@ -39,6 +39,9 @@ class LogNormalGate(nn.Module):
             raise ValueError(f"num_features must be a positive integer, got {num_features!r}")
         self._bounds = check_bounds(a, b)
         self.dim, self.granularity, self.kl_weight = dim, granularity, kl_weight
+        for name, v in (("init_mu", init_mu), ("init_log_sigma", init_log_sigma)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
         self.mu = nn.Parameter(torch.full((num_features,), float(init_mu)))
         self.log_sigma = nn.Parameter(torch.full((num_features,), float(init_log_sigma)))
         self.register_buffer("mask", torch.ones(num_features, dtype=torch.bool))

@@ -23,7 +23,9 @@ validates everything before returning, so callers can write masks only once ever
 """
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable
 
@@ -154,6 +156,20 @@ def _min_units(d: Decision, min_units: int) -> Decision:
     return Decision(d.statistic, keep, d.threshold, d.rule, d.higher_keeps)
 
 
+def check_options(criterion: str, fn, options: dict) -> None:
+    """Option names and number types of a criterion, named in the error, before any decision."""
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    allowed = {p.name: p.default for p in params}
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(f"criterion {criterion!r} takes the options {sorted(allowed)}, got {unknown}")
+    for name, v in options.items():
+        default = allowed[name]
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and not (
+                isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)):
+            raise ValueError(f"{name} (criterion {criterion!r}) must be a finite number, got {v!r}")
+
+
 def decide(target, criterion: str, *, min_units: int = 1, **options) -> dict[str, Decision]:
     """Every decision of ``criterion`` on ``target``: a model with gates ({first site of each gate: Decision}) or a
     particle ensemble ("consensus": {layer: Decision}).  Each layer keeps at least ``min_units`` units (those with the
@@ -164,6 +180,7 @@ def decide(target, criterion: str, *, min_units: int = 1, **options) -> dict[str
     if isinstance(min_units, bool) or not isinstance(min_units, int) or min_units < 0:
         raise ValueError(f"min_units must be a non-negative integer, got {min_units!r}")
     c = CRITERIA[criterion]
+    check_options(criterion, c.fn, options)
     if c.applies_to == ENSEMBLE:
         c.check(target)
         found = c.fn(target, **options)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..nn.sites import gates as find_gates
-from .criteria import CRITERIA, decide
+from .criteria import CRITERIA, check_options, decide
 
 
 @dataclass
@@ -99,6 +99,8 @@ class PruneSchedule:
             raise ValueError(f"prune_epochs must be a positive integer, got {prune_epochs!r}")
         if criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {tuple(CRITERIA)}, got {criterion!r}")
+        opts = {k: v for k, v in options.items() if k != "min_units"}
+        check_options(criterion, CRITERIA[criterion].fn, opts)   # now, not after the first epoch
         self.model, self.criterion, self.every, self.prune_epochs = model, criterion, every, prune_epochs
         self.options = options
         self.last_report: PruneReport | None = None

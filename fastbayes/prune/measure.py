@@ -94,6 +94,8 @@ def latency_ms(model: nn.Module, example_inputs, *, warmup: int = 5, repeats: in
 def measure(model: nn.Module, example_inputs, **latency_options) -> dict:
     """{"params", "flops", "latency_ms", "device"} of ``model`` on ``example_inputs`` (eval mode); the options
     (``warmup``, ``repeats``, ``min_time``) go to ``latency_ms``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     unknown = set(latency_options) - {"warmup", "repeats", "min_time"}
     if unknown:
         raise ValueError(f"unknown options {sorted(unknown)}; measure takes warmup, repeats and min_time")
