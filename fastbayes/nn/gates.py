@@ -145,13 +145,13 @@ class LogNormalGate(nn.Module):
         counter: write under ``torch.no_grad()`` instead."""
         if torch.compiler.is_compiling():
             return self._expected_scale()
-        key = (self.mu, self.log_sigma, self.mask, self.mu._version, self.log_sigma._version, self.mask._version,
-               self._bounds)
-        cache = self._eval_cache
-        if cache is None or len(cache[0]) != len(key) or any(k is not c for k, c in zip(key[:3], cache[0][:3])) \
-                or key[3:] != cache[0][3:]:
-            cache = self._eval_cache = (key, self._expected_scale())
-        return cache[1]
+        # the inputs themselves (held, so a replaced Parameter cannot reuse an id) and their version counters
+        tensors = (self.mu, self.log_sigma, self.mask)
+        state = (tuple(t._version for t in tensors), self._bounds)
+        c = self._eval_cache
+        if c is None or any(a is not b for a, b in zip(c[0], tensors)) or c[1] != state:
+            c = self._eval_cache = (tensors, state, self._expected_scale())
+        return c[2]
 
     def __getstate__(self):
         # a copy restarts the tensors' version counters, so a copied cache could look fresh while stale

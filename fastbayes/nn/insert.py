@@ -23,7 +23,6 @@ Gating after a ReLU is the same as gating before it, since θ > 0 and ReLU(θz) 
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import inspect
 import math
@@ -82,36 +81,14 @@ def _default_inputs(model: nn.Module) -> list:
 
 
 def _default_trace(model: nn.Module):
-    """Torch-Pruning's graph of ``model`` traced on the first inferred input it accepts, or None."""
+    """Torch-Pruning's graph of ``model`` traced on the first inferred input it accepts, or None.  A wrong input
+    fails in the trace's own forward (a RuntimeError, hooks restored), so no separate trial forward is needed."""
     for x in _default_inputs(model):
         try:
-            with torch.no_grad(), _quiet():
-                traceable_ok = _forward_ok(model, x)
-            if traceable_ok:
-                return trace(model, x)
+            return trace(model, x)
         except RuntimeError:
             continue
     return None
-
-
-def _forward_ok(model: nn.Module, x) -> bool:
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()      # a plain forward first: cheap, and it leaves BatchNorm statistics alone
-        model(x)
-        return True
-    except Exception:
-        return False
-    finally:
-        for m, t in modes:
-            m.training = t
-
-
-@contextlib.contextmanager
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
 
 
 def _kl_weight_for(kl_weight, names: list[str]) -> float:
@@ -186,7 +163,7 @@ def add_gates(model: nn.Module, kind: str = "lognormal", *, layers: Iterable[str
     for name in names:
         if name in excluded:
             continue
-        target = following_bn(model, name, units(modules[name])[0]) or name if placement == "bn" else name
+        target = (following_bn(model, name, units(modules[name])[0]) or name) if placement == "bn" else name
         if target in existing:
             if not isinstance(existing[target], cls):
                 raise ValueError(f"{target!r} already has a {type(existing[target]).__name__}; remove it before "

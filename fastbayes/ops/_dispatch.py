@@ -24,6 +24,11 @@ def has_op(op: str, backend: str) -> bool:
     return op in backends.ops_of(backend)
 
 
+def eager(x: torch.Tensor) -> bool:
+    """Whether a call on ``x`` may take the eager fast path (not while torch.compile traces, not on meta/fake)."""
+    return x.device.type in ("cpu", "cuda") and not torch.compiler.is_compiling()
+
+
 def function_apply(cls):
     """``cls.apply`` without ``torch.autograd.Function.apply``'s Python prologue (default-argument binding and
     functorch's dead-wrapper scan over every argument: ~3 µs per call), unless a functorch transform is active."""

@@ -11,13 +11,12 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-
 from torch.autograd.function import once_differentiable
 
 from .. import backends
 from ..reference.bernoulli import draws
-from ._dispatch import check_float, check_same, function_apply, run
-from .lognormal import SEED_BOUND, eager, fresh_seed, fresh_seed_int, normalize_dim
+from ._dispatch import check_float, check_same, eager, function_apply, run
+from .lognormal import SEED_BOUND, fresh_seed, fresh_seed_int, normalize_dim
 
 ESTIMATORS = ("straight_through",)
 
@@ -143,7 +142,7 @@ def gate(x: Tensor, theta: Tensor, mask: Optional[Tensor], dim: int, seed: Optio
     mk = None if mask is None else mask.contiguous()
     if eager(x):
         return _bernoulli_apply(x.contiguous(), th.contiguous(), mk, dim,
-                                    fresh_seed_int() if seed is None else seed, offset)
+                                fresh_seed_int() if seed is None else seed, offset)
     seed_t = fresh_seed() if seed is None else torch.tensor(seed, dtype=torch.int64)
     return _bernoulli_gate(x.contiguous(), th.contiguous(), mk, dim, seed_t, offset)
 

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-
 from torch.autograd.function import once_differentiable
 
 from .. import backends
-from ._dispatch import check_bounds, check_float, check_same, function_apply, run
-from .lognormal import eager
+from ._dispatch import check_bounds, check_float, check_same, eager, function_apply, run
 
 
 @torch.library.custom_op("fastbayes::gate_stats", mutates_args=())

@@ -16,12 +16,11 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-
 from torch.autograd.function import once_differentiable
 
 from .. import backends
 from ..reference.lognormal import GRANULARITIES, draws
-from ._dispatch import check_bounds, check_float, check_same, function_apply, run
+from ._dispatch import check_bounds, check_float, check_same, eager, function_apply, run
 
 SEED_BOUND = 2 ** 63
 
@@ -88,11 +87,6 @@ class _LognormalNoise(torch.autograd.Function):
 
 
 _lognormal_apply = function_apply(_LognormalNoise)
-
-
-def eager(x: Tensor) -> bool:
-    """Whether a call on ``x`` may take the eager fast path (not while torch.compile traces, not on meta/fake)."""
-    return x.device.type in ("cpu", "cuda") and not torch.compiler.is_compiling()
 
 
 def normalize_dim(dim: int, ndim: int) -> int:
