@@ -1,16 +1,25 @@
-"""BMRS Table 1 protocol on Fashion-MNIST (MLP 1×150 and Lenet5), one run per (model, method, seed).
+"""BMRS Table 1 on Fashion-MNIST, as the released code runs it: one run per (model, method, seed), one JSON each.
 
-Protocol (docs/METHODS.md §2.5; the paper's numbers are in docs/RESULTS.md §1.1): Adam, no weight decay, 80/20
-train/validation split of the official training set, noise per element (BMRS's code), loss = mean CE + mean KL (the
-released code's weighting), masks recomputed after every epoch, then fine-tuning with masks frozen; accuracy on the
-official test set and "Comp. %" = % of trainable parameters removed, measured on the compacted model.  Writes one
-JSON per run.
+    python examples/reproduce_bmrs.py --model {mlp,lenet5} --method {none,l2,etheta,snr,bmrs_n,bmrs_n_code,bmrs_u8,bmrs_u4} \
+        --seed S --epochs 60 --finetune 10 --out DIR
 
-    python examples/reproduce_bmrs.py --model mlp --method bmrs_n --seed 0 --epochs 50 --finetune 10
+Protocol (docs/METHODS.md §2.5, read from BMRS's paper and released code):
+
+* models: ``mlp`` is BMRS's 1024-150-150-10 tanh MLP, ``lenet5`` BMRS's Lenet5 (6-16-120-84); noise per element,
+  after each hidden layer's activation (``add_gates(placement="activation")``);
+* inputs resized to 32×32 and scaled (x − 127)/255; 80/20 train/validation split of the official training set;
+* Adam without weight decay (MLP batch 128, lr 1.5e-3; Lenet5 batch 32, lr 1.4e-3); loss = mean CE + mean KL;
+* masks after every epoch of the first ``epochs − finetune`` (no floor on kept units; a pruned unit stays pruned, as
+  the code's zeroed weights make it), then ``finetune`` epochs with masks frozen, keeping the best-validation model;
+* ``none``: the plain network (no noise); ``l2``: noise-trained without pruning, then the units with the smallest
+  L2 norm of incoming weights masked (globally) to the fraction BMRS_N kept for the same seed, then fine-tuned;
+* reported: test accuracy of the compacted model, ``compression_pct`` counted as the code counts it
+  (``fastbayes.prune.bmrs_compression_pct``) and the physically removed share of the dense network's parameters.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -21,44 +30,96 @@ import torch.nn.functional as F
 import fastbayes as fb
 from fastbayes.apps import data
 from fastbayes.apps.models import build
-from fastbayes.prune import PruneSchedule, compact, count_params
+from fastbayes.prune import PruneSchedule, bmrs_compression_pct, compact, count_params
 
-RECIPES = {  # BMRS App. C, Fashion-MNIST
-    "mlp": dict(batch_size=128, lr=1.5e-3),
-    "lenet5-bmrs": dict(batch_size=32, lr=1.4e-3),
+MODELS = {  # BMRS App. C, Fashion-MNIST
+    "mlp": dict(arch="bmrs-mlp", batch_size=128, lr=1.5e-3),
+    "lenet5": dict(arch="lenet5-bmrs", batch_size=32, lr=1.4e-3),
 }
-# bmrs_n_code: the released code's ΔF_N, which lacks the 2π inside the log (+0.919, docs/METHODS.md §2.3)
-METHODS = {"none": None, "snr": ("snr", {}), "bmrs_n": ("bmrs_n", {}), "bmrs_n_code": ("bmrs_n", {"code_offset": True}),
-           "bmrs_u8": ("bmrs_u", {"p1": 8}), "bmrs_u4": ("bmrs_u", {"p1": 4})}
+# criterion and options per Table 1 row; bmrs_n_code: the released code's ΔF_N, without the 2π inside the log
+METHODS = {"none": None, "l2": None, "etheta": ("etheta", {"threshold": 0.1}), "snr": ("snr", {"threshold": 1.0}),
+           "bmrs_n": ("bmrs_n", {}), "bmrs_n_code": ("bmrs_n", {"code_offset": True}),
+           "bmrs_u8": ("bmrs_u", {"p1": 8, "code_clamp": True}), "bmrs_u4": ("bmrs_u", {"p1": 4, "code_clamp": True})}
 
 
 @torch.no_grad()
 def accuracy(model, split, bs=2000):
+    was = model.training
     model.eval()
-    return sum(int((model(split.x[i:i + bs]).argmax(1) == split.y[i:i + bs]).sum())
-               for i in range(0, len(split), bs)) / len(split)
+    try:
+        return sum(int((model(split.x[i:i + bs]).argmax(1) == split.y[i:i + bs]).sum())
+                   for i in range(0, len(split), bs)) / len(split)
+    finally:
+        model.train(was)
 
 
-def run(model_name, method, seed, epochs, finetune, out_dir, granularity="element"):
+def l2_masks(model, keep_fraction: float) -> None:
+    """Mask, over all gated layers together, the units with the smallest L2 norm of incoming weights so that
+    ``keep_fraction`` of the units stay (BMRS's L2 baseline)."""
+    modules = dict(model.named_modules())
+    layers = fb.nn.sites.site_layers(model)
+    gates = fb.nn.gates(model)
+    norms = {s: modules[layers[s]].weight.detach().flatten(1).norm(dim=1) for s in gates}
+    allv = torch.cat(list(norms.values()))
+    n_keep = int(round(keep_fraction * allv.numel()))
+    order = torch.argsort(allv, descending=True, stable=True)
+    keep = torch.zeros(allv.numel(), dtype=torch.bool)
+    keep[order[:n_keep]] = True
+    i = 0
+    for s, g in gates.items():
+        g.mask.copy_(keep[i:i + g.mask.numel()])
+        i += g.mask.numel()
+
+
+def run(model_name, method, seed, epochs, finetune, out_dir, granularity="element", gate_lr_factor=1.0,
+        finetune_compact=False, tag=""):
+    """One cell.  The last three options are not BMRS's protocol (the "fastbayes recipe" rows): ``gate_lr_factor``
+    scales the gates' learning rate (``fb.nn.param_groups``), ``finetune_compact`` fine-tunes the compacted network
+    (no noise, E[θ] folded in) instead of the noisy masked one, and ``tag`` names the JSON apart."""
+    if finetune < 0 or epochs <= finetune:
+        raise ValueError(f"need 0 <= finetune < epochs, got epochs={epochs}, finetune={finetune}")
+    out = Path(out_dir) / f"{model_name}_{method}{'_' + tag if tag else ''}_seed{seed}.json"
+    bmrs_n_file = Path(out_dir) / f"{model_name}_bmrs_n_seed{seed}.json"
+    if method == "l2" and not bmrs_n_file.exists():
+        raise FileNotFoundError(f"l2 prunes to BMRS_N's rate: run --method bmrs_n --seed {seed} first ({bmrs_n_file})")
+    cfg = MODELS[model_name]
     torch.manual_seed(seed)
-    full, test = data.fashion_mnist("train"), data.fashion_mnist("test")
-    if model_name == "lenet5-bmrs":   # BMRS resizes the 28×28 images to 32×32
-        resize = lambda s: data.Split(F.interpolate(s.x, size=(32, 32), mode="bilinear", align_corners=False), s.y)
-        full, test = resize(full), resize(test)
+    full = data.bmrs_preprocess(data.fashion_mnist("train"))
+    test = data.bmrs_preprocess(data.fashion_mnist("test"))
     train, val = data.train_val_split(full, 0.2, seed)
-    recipe = RECIPES[model_name]
-    model = build(model_name, tuple(train.x.shape[1:]))
-    gated = METHODS[method] is not None
+    model = build(cfg["arch"], tuple(train.x.shape[1:]))
+    dense_params = count_params(model)
+    gated = method != "none"
+    schedule = None
     if gated:
-        fb.add_gates(model, granularity=granularity)
-        criterion, options = METHODS[method]
-        schedule = PruneSchedule(model, criterion, prune_epochs=epochs - finetune, **options)
-    opt = torch.optim.Adam(model.parameters(), recipe["lr"])
-    bs, n = recipe["batch_size"], len(train)
-    hist, t0 = [], time.perf_counter()
+        fb.add_gates(model, placement="activation", granularity=granularity)
+        if METHODS[method] is not None:
+            criterion, options = METHODS[method]
+            schedule = PruneSchedule(model, criterion, prune_epochs=epochs - finetune, min_units=0, permanent=True,
+                                     **options)
+    params = fb.nn.param_groups(model, cfg["lr"], gate_lr_factor) if gated and gate_lr_factor != 1.0 \
+        else model.parameters()
+    opt = torch.optim.Adam(params, cfg["lr"])
+    counted = None        # compression as BMRS counts it, fixed once the network is compacted
+    bs, n = cfg["batch_size"], len(train)
+    hist, best, t0 = [], (-1.0, None), time.perf_counter()
     for epoch in range(epochs):
+        if method == "l2" and epoch == epochs - finetune:
+            # the noise-trained, unpruned network: what post-training pruning (BMRS §5) starts from
+            (out.parent / "models").mkdir(parents=True, exist_ok=True)
+            fb.checkpoint.save(out.parent / "models" / f"{model_name}_trained_seed{seed}.pt", model, opt)
+            kept = json.loads(bmrs_n_file.read_text())["kept_per_layer"]
+            total = sum(g.mask.numel() for g in fb.nn.gates(model).values())
+            l2_masks(model, sum(kept.values()) / total)
+        if finetune_compact and gated and epoch == epochs - finetune:
+            counted = (bmrs_compression_pct(model), {s: int(g.mask.sum()) for s, g in fb.nn.gates(model).items()},
+                       {s: g.mask.numel() for s, g in fb.nn.gates(model).items()})
+            model = compact(model, test.x[:2])
+            gated = False
+            opt = torch.optim.Adam(model.parameters(), cfg["lr"])
         model.train()
         perm = torch.randperm(n)
+        loss_sum, te = 0.0, time.perf_counter()
         for i in range(0, n, bs):
             idx = perm[i:i + bs]
             loss = F.cross_entropy(model(train.x[idx]), train.y[idx])
@@ -67,42 +128,57 @@ def run(model_name, method, seed, epochs, finetune, out_dir, granularity="elemen
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        kept = None
-        if gated:
+            loss_sum += float(loss.detach()) * len(idx)
+        if schedule is not None:
             schedule.step(epoch)
-            kept = sum(int(g.mask.sum()) for g in fb.nn.gates(model).values())
-        hist.append({"epoch": epoch + 1, "val_accuracy": accuracy(model, val), "kept_units": kept})
-        print(f"{model_name} {method} seed {seed} epoch {epoch + 1}: val {hist[-1]['val_accuracy']:.4f}, "
-              f"kept {kept}", flush=True)
-    res = {"model": model_name, "method": method, "seed": seed, "epochs": epochs, "finetune": finetune,
-           "granularity": granularity if gated else None, "train_seconds": time.perf_counter() - t0,
-           "test_accuracy": accuracy(model, test), "history": hist}
-    params = count_params(model)
-    if gated:
-        rep = schedule.last_report
-        small = compact(model, test.x[:1])
-        res["test_accuracy_compact"] = accuracy(small, test)
-        res["kept_per_layer"] = rep.kept_per_layer
-        res["compression_pct"] = 100.0 * (1 - count_params(small) / params)
-    else:
-        res["compression_pct"] = 0.0
-    out = Path(out_dir) / f"{model_name}_{method}_seed{seed}.json"
+        kept = {s: int(g.mask.sum()) for s, g in fb.nn.gates(model).items()} if gated else \
+            (counted[1] if counted else None)
+        val_acc = accuracy(model, val)
+        hist.append({"epoch": epoch + 1, "train_loss": loss_sum / n, "val_accuracy": val_acc, "kept_per_layer": kept,
+                     "seconds": time.perf_counter() - te})
+        if epoch >= epochs - finetune and val_acc > best[0]:      # best-validation model of the fine-tune epochs
+            best = (val_acc, copy.deepcopy(model.state_dict()))
+        print(f"{model_name} {method} seed {seed} epoch {epoch + 1}/{epochs}: loss {loss_sum / n:.4f}, "
+              f"val {val_acc:.4f}, kept {kept}", flush=True)
+    if best[1] is not None:
+        model.load_state_dict(best[1])
+    if counted is None and gated:
+        counted = (bmrs_compression_pct(model), {s: int(g.mask.sum()) for s, g in fb.nn.gates(model).items()},
+                   {s: g.mask.numel() for s, g in fb.nn.gates(model).items()})
+    small = compact(model, test.x[:2]) if gated else model
+    res = {"model": model_name, "architecture": cfg["arch"], "method": method, "tag": tag, "seed": seed,
+           "epochs": epochs, "finetune": finetune, "granularity": granularity if method != "none" else None,
+           "gate_lr_factor": gate_lr_factor, "finetune_compact": finetune_compact, "batch_size": bs, "lr": cfg["lr"],
+           "threads": torch.get_num_threads(), "train_seconds": time.perf_counter() - t0,
+           "best_val_accuracy": best[0], "test_accuracy": accuracy(small, test),
+           "compression_pct": counted[0] if counted else 0.0,
+           "removed_pct": 100.0 * (1 - count_params(small) / dense_params),
+           "kept_per_layer": counted[1] if counted else {}, "units_per_layer": counted[2] if counted else {},
+           "history": hist}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2))
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=1))
+    tmp.replace(out)              # a killed run leaves no half-written JSON for the driver to skip
     return res
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--model", choices=list(RECIPES), required=True)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=list(MODELS), required=True)
     p.add_argument("--method", choices=list(METHODS), required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--epochs", type=int, default=60, help="all epochs, fine-tuning included (BMRS: 50 + 10)")
     p.add_argument("--finetune", type=int, default=10)
-    p.add_argument("--granularity", default="element")
-    p.add_argument("--out", default="benchmarks/results/bmrs_fashion")
+    p.add_argument("--granularity", default="element", choices=["element", "sample", "batch"])
+    p.add_argument("--out", default="benchmarks/results/bmrs_table1")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--gate-lr-factor", type=float, default=1.0, help="not BMRS: gates' lr = lr × this")
+    p.add_argument("--finetune-compact", action="store_true", help="not BMRS: fine-tune the compacted network")
+    p.add_argument("--tag", default="", help="suffix of the JSON name (e.g. 'recipe')")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    run(a.model, a.method, a.seed, a.epochs, a.finetune, a.out, a.granularity)
+    r = run(a.model, a.method, a.seed, a.epochs, a.finetune, a.out, a.granularity, a.gate_lr_factor,
+            a.finetune_compact, a.tag)
+    print(json.dumps({k: r[k] for k in ("model", "method", "seed", "test_accuracy", "compression_pct", "removed_pct",
+                                         "kept_per_layer")}))

@@ -6,6 +6,14 @@ from torch import nn
 BATCH_NORMS = nn.modules.batchnorm._BatchNorm   # BatchNorm1d/2d/3d, SyncBatchNorm, LazyBatchNorm*
 CONV = nn.modules.conv._ConvNd
 WEIGHTED = (nn.Linear, CONV)
+# element-wise activations a gate can sit after (placement="activation"): the output keeps the layer's units
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+               nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign,
+               nn.Tanhshrink)
+POOLS = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
+         nn.modules.pooling._AdaptiveAvgPoolNd)
+# f(s·z) = s·f(z) for s >= 0: a gate after these folds into the layer before them (ReLU(s·z) = s·ReLU(z))
+HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.Identity, nn.Dropout, *POOLS)
 
 
 def units(layer: nn.Module) -> tuple[int, int]:

@@ -122,6 +122,15 @@ def load(name: str, split: str = "train", root=None) -> Split:
     raise ValueError(f"dataset must be one of {NAMES}, got {name!r}")
 
 
+def bmrs_preprocess(split: Split, size: int = 32) -> Split:
+    """BMRS's preprocessing (released ``train.py``): images resized to ``size``×``size`` (bilinear, antialiased) and
+    scaled as (x − 127) / 255 from 0–255 pixels, i.e. x − 127/255 for our [0, 1] images."""
+    x = split.x
+    if tuple(x.shape[-2:]) != (size, size):
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return Split((x - 127.0 / 255.0).contiguous(), split.y)
+
+
 def train_val_split(data: Split, val_fraction: float = 0.2, seed: int = 0) -> tuple[Split, Split]:
     """A seeded random split (BMRS protocol: 80/20 of the official training set)."""
     if not 0 < val_fraction < 1:

@@ -18,6 +18,12 @@ Two placements:
   (``placement="output"``) or on the output of the BatchNorm right after it (``placement="bn"``, BMRS's ResNet
   recipe).  Decisions of coupled channels may then disagree, and a pruned channel gated before a BatchNorm is not
   0 after it; compact() keeps such channels (zero-scaled, so still exact).
+* **After an activation** (``placement="activation"``: the activation module that follows each gated layer, or its
+  BatchNorm; ``placement="after:<module name>"`` for one layer: any named activation or pooling module that keeps
+  the layer's units).  This is where BMRS's released code puts its noise (``Linear → Tanh → noise``, ``Conv → ReLU →
+  noise → MaxPool``).  For tanh it is not the same model as gating the layer's output.  The host must be a module
+  (not a functional call in ``forward``) that runs once per forward; compact() folds a gate after a positively
+  homogeneous module (ReLU, pooling) into the layer and one after any other activation into the next layers' inputs.
 
 Gating after a ReLU is the same as gating before it, since θ > 0 and ReLU(θz) = θ·ReLU(z).
 """
@@ -34,10 +40,11 @@ import torch
 from torch import nn
 
 from ..graph import as_args, channel_groups
-from ..layers import CONV, units
+from ..layers import ACTIVATIONS, CONV, POOLS, WEIGHTED, units
 from .bernoulli import BernoulliGate
 from .gates import LogNormalGate
-from .sites import GATE_ATTR, attach, device_of, following_bn, gates, select_layers, sites, trace
+from .sites import (GATE_ATTR, attach, device_of, following_bn, gates, select_layers, site_layers, sites, trace,
+                    traceable)
 
 KINDS = {"lognormal": LogNormalGate, "bernoulli": BernoulliGate}
 
@@ -91,6 +98,70 @@ def _default_trace(model: nn.Module):
     return None
 
 
+AFTER = "after:"
+
+
+def _check_placement(placement) -> None:
+    if placement is None or placement in ("output", "bn", "activation"):
+        return
+    if isinstance(placement, str) and placement.startswith(AFTER) and len(placement) > len(AFTER):
+        return
+    raise ValueError(f"placement must be 'output', 'bn', 'activation' or 'after:<module name>', got {placement!r}")
+
+
+def _leaf_after(model: nn.Module, name: str) -> tuple[str, nn.Module] | None:
+    order = [(n, m) for n, m in model.named_modules() if len(m._modules) == 0 or isinstance(m, WEIGHTED)]
+    names = [n for n, _ in order]
+    if name not in names or names.index(name) + 1 >= len(order):
+        return None
+    return order[names.index(name) + 1]
+
+
+def _after_target(model: nn.Module, modules: dict, name: str, placement: str) -> str:
+    """The module a gate of layer ``name`` is hosted on for placement "activation" or "after:<module>"."""
+    if placement == "activation":
+        start = following_bn(model, name, units(modules[name])[0]) or name
+        nxt = _leaf_after(model, start)
+        if nxt is None or not isinstance(nxt[1], ACTIVATIONS):
+            what = f"{nxt[0]!r} ({type(nxt[1]).__name__})" if nxt else "nothing"
+            raise ValueError(f"placement='activation': the module after {start!r} is {what}, not an activation "
+                             "module; a functional activation in forward() cannot host a gate (make it a module, "
+                             "e.g. nn.Tanh(), or use placement='output')")
+        return nxt[0]
+    target = placement[len(AFTER):]
+    if target not in modules:
+        raise ValueError(f"placement={placement!r}: no module named {target!r} in the model")
+    if not isinstance(modules[target], (*ACTIVATIONS, *POOLS)):
+        raise ValueError(f"placement={placement!r}: {target!r} is a {type(modules[target]).__name__}; a gate goes "
+                         "after an activation or pooling module (use placement='output' or 'bn' for a layer)")
+    return target
+
+
+def _check_runs_once(model: nn.Module, hosts: list[str], example_inputs) -> None:
+    """Each host module must run exactly once per forward (a shared nn.ReLU used twice would gate both uses).
+    Checked on example_inputs, or on an input inferred from the first layer; skipped when neither runs."""
+    from ..graph import as_args
+    modules = dict(model.named_modules())
+    candidates = [as_args(example_inputs)] if example_inputs is not None else [(x,) for x in _default_inputs(model)]
+    for args in candidates:
+        calls = {h: 0 for h in hosts}
+        handles = [modules[h].register_forward_hook(lambda m, i, o, h=h: calls.__setitem__(h, calls[h] + 1))
+                   for h in hosts]
+        try:
+            with traceable(model), torch.no_grad():
+                model(**args) if isinstance(args, dict) else model(*args)
+        except RuntimeError:
+            continue
+        finally:
+            for hd in handles:
+                hd.remove()
+        wrong = {h: c for h, c in calls.items() if c != 1}
+        if wrong:
+            raise ValueError(f"a gate's host module must run once per forward, but {wrong} ran that many times "
+                             "(a module reused in forward()); give each use its own module")
+        return
+
+
 def _kl_weight_for(kl_weight, names: list[str]) -> float:
     if isinstance(kl_weight, dict):
         return next((float(kl_weight[n]) for n in names if n in kl_weight), 1.0)
@@ -112,12 +183,15 @@ def add_gates(model: nn.Module, kind: str = "lognormal", *, layers: Iterable[str
             Conv/Linear except the final classifier.  Coupled: a group is gated if one of its layers is listed
             (by default: if none of its layers is the classifier).
         exclude: names to leave out; coupled, a group with an excluded layer stays ungated.
-        placement: per layer only: "output" (default, the layer's output) or "bn" (the output of the BatchNorm
-            right after the layer).  Coupled gates always sit after the BatchNorm when there is one.
+        placement: per layer only: "output" (default, the layer's output), "bn" (the output of the BatchNorm
+            right after the layer), "activation" (the activation module after the layer or its BatchNorm, as in
+            BMRS's code) or "after:<module name>" (one layer: after that activation or pooling module).  Coupled
+            gates always sit after the BatchNorm when there is one.
         kl_weight: one weight, {layer name: weight} (SBPa-style, unlisted layers get 1; coupled: the first listed
             layer of the group), or ``name -> weight`` (coupled: called with the group's first layer).
         example_inputs: a tensor, a tuple of arguments or a dict of keyword arguments to trace the model with;
-            enables the coupled placement (without them gates are placed per layer).
+            enables the coupled placement (without them gates are placed per layer).  With "activation"/"after:"
+            placements they only serve to check that each host module runs once per forward.
         coupled: with example_inputs, one gate per group of coupled channels (default); False: per layer.
         **gate_options: passed to the gate (a, b, granularity, init_mu, init_log_sigma, ...).
 
@@ -127,8 +201,7 @@ def add_gates(model: nn.Module, kind: str = "lognormal", *, layers: Iterable[str
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(kind, str) or kind not in KINDS:
         raise ValueError(f"kind must be one of {tuple(KINDS)}, got {kind!r}")
-    if placement not in (None, "output", "bn"):
-        raise ValueError(f"placement must be 'output' or 'bn', got {placement!r}")
+    _check_placement(placement)
     if not isinstance(coupled, bool):
         raise TypeError(f"coupled must be True or False, got {coupled!r}")
     _check_kl_weight(kl_weight)
@@ -137,6 +210,9 @@ def add_gates(model: nn.Module, kind: str = "lognormal", *, layers: Iterable[str
     cls = KINDS[kind]
     modules, names, excluded = select_layers(model, layers, exclude)
     _check_gate_options(cls, gate_options)
+    after = placement is not None and (placement == "activation" or placement.startswith(AFTER))
+    if after:
+        return _add_after(model, cls, modules, names, excluded, placement, kl_weight, example_inputs, gate_options)
     dg = None
     if coupled and kind == "lognormal" and placement is None and example_inputs is None:
         dg = _default_trace(model)           # gates that compact() can remove, without asking for inputs
@@ -180,6 +256,33 @@ def add_gates(model: nn.Module, kind: str = "lognormal", *, layers: Iterable[str
         built.append((target, gate if dev is None else gate.to(device=dev)))
     for target, gate in built:
         attach(modules[target], gate)
+        out[target] = gate
+    return out
+
+
+def _add_after(model, cls, modules, names, excluded, placement, kl_weight, example_inputs, gate_options):
+    names = [n for n in names if n not in excluded]
+    if placement.startswith(AFTER) and len(names) != 1:
+        raise ValueError(f"placement={placement!r} gates one layer: pass layers=[<that layer>], got {names}")
+    existing = sites(model)
+    plan = []
+    for name in names:
+        target = _after_target(model, modules, name, placement)
+        if target in existing:
+            raise ValueError(f"{target!r} already hosts a gate; remove it first")
+        plan.append((name, target))
+    hosts = [t for _, t in plan]
+    if len(set(hosts)) != len(hosts):
+        raise ValueError(f"two layers would be gated after the same module: {[p for p in plan if hosts.count(p[1]) > 1]}")
+    _check_runs_once(model, hosts, example_inputs)
+    built = []          # every gate built (options checked) before the first is attached
+    for name, target in plan:
+        gate = cls.from_layer(modules[name], kl_weight=_kl_weight_for(kl_weight, [name]), **gate_options)
+        dev = device_of(modules[name])
+        built.append((name, target, gate if dev is None else gate.to(device=dev)))
+    out = {}
+    for name, target, gate in built:
+        attach(modules[target], gate, layer=name)
         out[target] = gate
     return out
 
@@ -264,9 +367,10 @@ def _gate_options(gate: nn.Module) -> dict:
 def gate_config(model: nn.Module) -> list[dict]:
     """A plain-data description of every gate: kind, constructor options, and its sites with their tiling."""
     entries: dict[int, dict] = {}
+    layers = site_layers(model)
     for name, (gate, tiles) in sites(model).items():
         e = entries.setdefault(id(gate), {"kind": _kind_of(gate), "options": _gate_options(gate), "sites": []})
-        e["sites"].append([name, tiles])
+        e["sites"].append([name, tiles] + ([layers[name]] if name in layers else []))
     return list(entries.values())
 
 
@@ -275,20 +379,21 @@ def attach_gates(model: nn.Module, config: list[dict]) -> dict[str, nn.Module]:
     modules = dict(model.named_modules())
     for e in config:
         cls = _gate_class(e["kind"])
-        missing = [s for s, _ in e["sites"] if s not in modules]
+        missing = [s for s, *rest in e["sites"] if s not in modules or (rest[1:] and rest[1] not in modules)]
         if missing:
-            raise ValueError(f"config sites not found in the model: {missing}")
-        taken = [s for s, _ in e["sites"] if GATE_ATTR in modules[s]._modules]
+            raise ValueError(f"config sites (or their gated layers) not found in the model: {missing}")
+        taken = [s for s, *_ in e["sites"] if GATE_ATTR in modules[s]._modules]
         if taken:
             raise ValueError(f"model already has gates at {taken}")
         opts = dict(e["options"])
         units = opts.pop("num_features")
         gate = cls(units, **opts)
-        device = device_of(modules[e["sites"][0][0]])
+        site = e["sites"][0]
+        device = device_of(modules[site[2] if len(site) > 2 else site[0]])
         if device is not None:
             gate = gate.to(device=device)
-        for s, tiles in e["sites"]:
-            attach(modules[s], gate, int(tiles))
+        for s, tiles, *layer in e["sites"]:
+            attach(modules[s], gate, int(tiles), layer[0] if layer else None)
     return gates(model)
 
 

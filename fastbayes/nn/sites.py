@@ -18,7 +18,8 @@ from ..layers import BATCH_NORMS, CONV, units
 GATE_ATTR = "fastbayes_gate"
 
 
-def apply_gate(module: nn.Module, inputs, output, tiles: int = 1):
+def apply_gate(module: nn.Module, inputs, output, tiles: int = 1, layer: str | None = None):
+    # ``layer``: for a gate hosted after an activation/pooling module, the Linear/Conv whose units it gates
     gate = getattr(module, GATE_ATTR)
     if tiles == 1:
         return gate(output)
@@ -37,9 +38,19 @@ def hook_tiles(hook) -> int | None:
     return None
 
 
-def attach(module: nn.Module, gate: nn.Module, tiles: int = 1) -> None:
+def hook_layer(hook) -> str | None:
+    """The gated layer named by a gate hook hosted after an activation (``placement="activation"``/"after:")."""
+    if isinstance(hook, functools.partial) and hook.func is apply_gate:
+        return hook.keywords.get("layer")
+    return None
+
+
+def attach(module: nn.Module, gate: nn.Module, tiles: int = 1, layer: str | None = None) -> None:
+    """Host ``gate`` on ``module``'s output; ``layer`` names the Linear/Conv whose units it gates when ``module`` is
+    not that layer or its BatchNorm (an activation, a pooling layer), which is what compact() folds it into."""
     module.add_module(GATE_ATTR, gate)
-    module.register_forward_hook(apply_gate if tiles == 1 else functools.partial(apply_gate, tiles=tiles))
+    kw = {k: v for k, v in (("tiles", tiles), ("layer", layer)) if v not in (1, None)}
+    module.register_forward_hook(functools.partial(apply_gate, **kw) if kw else apply_gate)
 
 
 def detach(module: nn.Module) -> nn.Module:
@@ -79,6 +90,17 @@ def sites(model: nn.Module) -> dict[str, tuple[nn.Module, int]]:
             continue
         tiles = [t for t in map(hook_tiles, m._forward_hooks.values()) if t is not None]
         out[n] = (gate, tiles[0] if tiles else 1)
+    return out
+
+
+def site_layers(model: nn.Module) -> dict[str, str]:
+    """{site: gated layer} for the gates hosted after an activation or pooling module."""
+    out = {}
+    for n, m in model.named_modules():
+        if GATE_ATTR in m._modules:
+            for h in m._forward_hooks.values():
+                if hook_layer(h) is not None:
+                    out[n] = hook_layer(h)
     return out
 
 

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from ..graph import as_args, channel_groups
-from ..layers import BATCH_NORMS, CONV, WEIGHTED, units
-from ..nn.sites import detach, following_bn, gates, sites, trace
+from ..layers import BATCH_NORMS, CONV, HOMOGENEOUS, WEIGHTED, units
+from ..nn.sites import GATE_ATTR, detach, following_bn, gates, site_layers, sites, trace
 
 CHECK_RTOL = 1e-5
 
@@ -149,17 +149,73 @@ def _unmasked_mean(gate: nn.Module, tiles: int, scale: torch.Tensor) -> torch.Te
 
 
 def _strip_gates(model: nn.Module):
-    """Fold every gate into its site and remove gates and hooks; returns {site: (eval scale, unmasked E[θ])}."""
+    """Fold every gate and remove gates and hooks; returns ({fold target: (eval scale == 0, unmasked E[θ])},
+    [(fold target, scale)] still to fold into the next layers' inputs).  A gate hosted after an activation (see
+    ``add_gates(placement="activation")``) folds into its layer (or the BatchNorm after it) when the activation is
+    positively homogeneous (ReLU(s·z) = s·ReLU(z)), otherwise into the inputs of the layers it feeds."""
     found = sites(model)
+    after = site_layers(model)
     modules = dict(model.named_modules())
-    out = {}
+    out, into_consumers = {}, []
     for name, (gate, tiles) in found.items():
         s = _eval_scale(gate, tiles)
-        out[name] = ((s == 0).cpu(), _unmasked_mean(gate, tiles, s))
-        _fold(modules[name], s)
+        entry = ((s == 0).cpu(), _unmasked_mean(gate, tiles, s))
+        target = name
+        if name in after:
+            target = following_bn(model, after[name], s.numel()) or after[name]
+            if _homogeneous_path(modules, target, name) and bool((s >= 0).all()):
+                _fold(modules[target], s)
+            else:
+                into_consumers.append((name, target, s))
+        else:
+            _fold(modules[name], s)
+        if target in out:      # two gates on one layer's units: pruned by either
+            entry = (out[target][0] | entry[0], torch.maximum(out[target][1], entry[1]))
+        out[target] = entry
     for name in found:
         detach(modules[name])
-    return out
+    return out, into_consumers
+
+
+def _homogeneous_path(modules: dict, target: str, site: str) -> bool:
+    """Every leaf module from ``target`` (excluded) to ``site`` (included), in registration order, is positively
+    homogeneous; module order stands for the data path here, so anything unusual falls back to consumer folding."""
+    leaves = [n for n, m in modules.items() if len(m._modules) == 0 or n in (target, site)]
+    if target not in leaves or site not in leaves or leaves.index(site) <= leaves.index(target):
+        return False
+    return all(isinstance(modules[n], HOMOGENEOUS) for n in leaves[leaves.index(target) + 1: leaves.index(site) + 1]
+               if n != "" and not n.endswith(GATE_ATTR) and ("." + GATE_ATTR + ".") not in n)
+
+
+@torch.no_grad()
+def _fold_into_consumers(model: nn.Module, dg, site: str, target: str, s: torch.Tensor) -> None:
+    """y = f(z)·s after an activation f: scale the input columns of every Linear/Conv that reads these channels
+    (Torch-Pruning's group gives their indices, through flattens); anything else reading them cannot fold."""
+    group = next((g for g in channel_groups(model, dg=dg) if target in g.maps), None)
+    if group is None:
+        raise ValueError(f"cannot fold the gate after {site!r}: {target!r} is in no prunable channel group")
+    idxs, roots = group.maps[target]
+    scale = torch.ones(group.size, dtype=torch.float64)
+    scale[roots] = s.detach().double().cpu()[idxs]
+    names = {m: n for n, m in model.named_modules()}
+    seen = set()
+    for item in group.tp_group:
+        m, fn = item.dep.target.module, item.dep.handler
+        if dg.is_out_channel_pruning_fn(fn) or names.get(m) == target or (id(m), fn) in seen:
+            continue
+        seen.add((id(m), fn))
+        kind = item.dep.target.type.name
+        if kind in ("ELEMENTWISE", "RESHAPE", "FLATTEN", "SPLIT", "CONCAT", "UNBIND", "EXPAND", "SLICE") or \
+                not isinstance(m, nn.Module):
+            continue
+        if not isinstance(m, WEIGHTED) or (isinstance(m, CONV) and (m.groups != 1 or m.transposed)):
+            raise ValueError(f"cannot fold the gate after {site!r} into {names.get(m, type(m).__name__)!r} "
+                             f"({type(m).__name__}): only Linear and ungrouped Conv layers may read channels gated "
+                             "after a non-homogeneous activation")
+        cols = torch.as_tensor(list(item.idxs), dtype=torch.long)
+        sc = scale[torch.as_tensor(list(item.root_idxs), dtype=torch.long)].to(m.weight.dtype).to(m.weight.device)
+        shape = [1, -1] + [1] * (m.weight.dim() - 2)
+        m.weight[:, cols.to(m.weight.device)] *= sc.reshape(shape)
 
 
 def _copy(model: nn.Module) -> nn.Module:
@@ -271,7 +327,10 @@ def compact(model: nn.Module, example_inputs, *, masks: Mapping[str, torch.Tenso
     masked = _fold_masks(small, masks) if masks else {}
     reference = eval_outputs(small, example_inputs) if check else None
     small.eval()
-    folded = _strip_gates(small)
+    folded, into_consumers = _strip_gates(small)
+    dg = trace(small, example_inputs) if into_consumers else None
+    for site, target, s in into_consumers:
+        _fold_into_consumers(small, dg, site, target, s)
     for name, zero in masked.items():       # a mask and a gate on one module: pruned by either
         if name in folded:
             folded[name] = (folded[name][0] | zero, folded[name][1])
@@ -280,7 +339,7 @@ def compact(model: nn.Module, example_inputs, *, masks: Mapping[str, torch.Tenso
     blocked: dict[str, tuple[int, int, str]] = {}
     if any(bool(z.any()) for z, _ in folded.values()):
         flags = {n: p.requires_grad for n, p in model.named_parameters()}
-        dg = trace(small, example_inputs)
+        dg = dg or trace(small, example_inputs)
         modules = dict(small.named_modules())
         plans, covered = [], set()
         for g in channel_groups(small, dg=dg):

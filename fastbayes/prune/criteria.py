@@ -4,7 +4,8 @@ On a ``LogNormalGate`` posterior q(θ) = LogN[a,b](μ, σ²):
 
 * ``snr``:    keep iff SNR(θ) > threshold (SBP, τ = 1).
 * ``bmrs_n``: keep iff ΔF_N < 0, reduced prior TruncatedLogNormal(a, 1e-6) on [a, b] (BMRS_N, METHODS.md §2.3).
-* ``bmrs_u``: keep iff ΔF_U < 0, reduced prior LogUniform(log 2^-p2, log 2^-p1) (BMRS_U-p1, §2.4).  With the paper's
+* ``bmrs_u``: keep iff ΔF_U < 0, reduced prior LogUniform(log 2^-p2, log 2^-p1) (BMRS_U-p1, §2.4);
+  ``code_clamp=True`` evaluates it as the released code does (μ clamped into [a, b], log σ not clamped above).  With the paper's
   a' = 2^-23 a unit whose posterior sits below a' (θ < 1e-7, i.e. effectively zero) has ΔF_U → -∞ and is never
   pruned; ``lower="a"`` uses a' = a and closes that blind spot.
 * ``etheta``: keep iff E[θ] > threshold (default 0.1; the E[θ] rule of BMRS Table 1).
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 
 from ..nn.bernoulli import BernoulliGate
-from ..nn.gates import LogNormalGate
+from ..nn.gates import LOG_SIGMA_MIN, LogNormalGate
 from ..nn.sites import gates as find_gates
 from ..reference.gate_stats import delta_f_n, delta_f_u
 
@@ -74,14 +75,19 @@ def bmrs_n(gate, scale: float = 1e-6, code_offset: bool = False) -> Decision:
                     higher_keeps=False)
 
 
-def bmrs_u(gate, p1: float = 8, p2: float = 23, lower: str | float | None = None) -> Decision:
+def bmrs_u(gate, p1: float = 8, p2: float = 23, lower: str | float | None = None, code_clamp: bool = False) -> Decision:
     a2 = -p2 * math.log(2.0) if lower is None else (gate.a if lower == "a" else float(lower))
     b2 = -p1 * math.log(2.0)
     if not gate.a <= a2 < b2 <= gate.b:
         raise ValueError(f"need a <= a' < b' <= b for BMRS_U, got a={gate.a}, a'={a2:.4g} (p2/lower), "
                          f"b'={b2:.4g} (p1), b={gate.b}")
-    sigma = gate.clamped_log_sigma().detach().to(torch.float64).exp()
-    df = delta_f_u(gate.mu.detach(), sigma, gate.a, gate.b, a2, b2)
+    mu = gate.mu.detach()
+    if code_clamp:   # BMRS's released code: μ clamped into [a, b], log σ clamped from below only
+        mu = mu.clamp(gate.a, gate.b)
+        sigma = gate.log_sigma.detach().to(torch.float64).clamp_min(LOG_SIGMA_MIN).exp()
+    else:
+        sigma = gate.clamped_log_sigma().detach().to(torch.float64).exp()
+    df = delta_f_u(mu, sigma, gate.a, gate.b, a2, b2)
     return Decision(df, df < 0, 0.0, f"keep if ΔF_U(p1={p1:g}) < 0", higher_keeps=False)
 
 

@@ -85,6 +85,9 @@ def update_masks(model: nn.Module, criterion: str = "bmrs_n", *, min_units: int 
 class PruneSchedule:
     """BMRS Algorithm 1 as one call per epoch: masks every ``every`` epochs until ``prune_epochs``, then frozen.
 
+    ``permanent=True`` keeps a pruned unit pruned (mask = new decision AND old mask), as BMRS's released code does in
+    effect by zeroing a pruned unit's weights every epoch; by default masks are recomputed from scratch.
+
         schedule = fb.prune.PruneSchedule(model, "bmrs_n", prune_epochs=50, every=1)
         for epoch in range(50 + 10):              # 10 fine-tune epochs with masks frozen
             train_one_epoch(...)
@@ -92,16 +95,19 @@ class PruneSchedule:
     """
 
     def __init__(self, model: nn.Module, criterion: str = "bmrs_n", *, prune_epochs: int, every: int = 1,
-                 **options):
+                 permanent: bool = False, **options):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive integer, got {every!r}")
         if isinstance(prune_epochs, bool) or not isinstance(prune_epochs, int) or prune_epochs < 1:
             raise ValueError(f"prune_epochs must be a positive integer, got {prune_epochs!r}")
         if criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {tuple(CRITERIA)}, got {criterion!r}")
+        if not isinstance(permanent, bool):
+            raise TypeError(f"permanent must be True or False, got {permanent!r}")
         opts = {k: v for k, v in options.items() if k != "min_units"}
         check_options(criterion, CRITERIA[criterion].fn, opts)   # now, not after the first epoch
         self.model, self.criterion, self.every, self.prune_epochs = model, criterion, every, prune_epochs
+        self.permanent = permanent
         self.options = options
         self.last_report: PruneReport | None = None
 
@@ -113,6 +119,14 @@ class PruneSchedule:
         if self.frozen(epoch):
             return None
         if (epoch + 1) % self.every == 0 or epoch + 1 == self.prune_epochs:
-            self.last_report = update_masks(self.model, self.criterion, **self.options)
-            return self.last_report
+            before = {n: g.mask.clone() for n, g in find_gates(self.model).items()} if self.permanent else None
+            report = update_masks(self.model, self.criterion, **self.options)
+            if before is not None:     # a pruned unit stays pruned (BMRS's code zeroes its weights)
+                with torch.no_grad():
+                    for name, g in find_gates(self.model).items():
+                        g.mask.copy_(g.mask.bool() & before[name].bool().to(g.mask.device))
+                for r in report.layers:
+                    r.kept = int(find_gates(self.model)[r.name].mask.bool().sum())
+            self.last_report = report
+            return report
         return None

@@ -41,6 +41,52 @@ def count_params(model: nn.Module, trainable_only: bool = True) -> int:
     return total
 
 
+def _gated_layer(model: nn.Module, site: str, after: dict) -> str | None:
+    """The Linear/Conv whose units the gate at ``site`` gates."""
+    from ..layers import WEIGHTED
+    if site in after:
+        return after[site]
+    modules = dict(model.named_modules())
+    if isinstance(modules[site], WEIGHTED):
+        return site
+    weighted = [n for n, m in modules.items() if isinstance(m, WEIGHTED)]
+    before = [n for n in weighted if list(modules).index(n) < list(modules).index(site)]
+    return before[-1] if before else None      # a BatchNorm site: the layer before it
+
+
+@torch.no_grad()
+def bmrs_compression_pct(model: nn.Module) -> float:
+    """% of trainable parameters removed, counted as BMRS's released code counts it (``get_true_parameter_
+    compression_percent``): the total holds every trainable parameter, the gates' μ and log σ included; removed are
+    2 per masked unit (its μ, log σ), the incoming weight rows of masked units, their outgoing weight columns in the
+    next Linear/Conv when it reads the units directly (not through a flatten), and any weight that is exactly 0.
+    Biases are never counted as removed.  Units masked by log-normal or Bernoulli gates alike."""
+    from ..layers import WEIGHTED
+    from ..nn.sites import site_layers, sites
+    modules = dict(model.named_modules())
+    weighted = [n for n, m in modules.items() if isinstance(m, WEIGHTED)]
+    zero = {n: modules[n].weight == 0 for n in weighted}
+    removed, total = 0, 0
+    for p in model.parameters():
+        total += p.numel() if p.requires_grad else 0
+    after = site_layers(model)
+    for site, (gate, tiles) in sites(model).items():
+        mask = getattr(gate, "mask", None)
+        layer = _gated_layer(model, site, after)
+        if mask is None or layer is None:
+            continue
+        off = ~mask.bool().reshape(-1).repeat(tiles).cpu()
+        removed += 2 * int((~mask.bool()).sum())
+        zero[layer][off.to(zero[layer].device)] = True
+        i = weighted.index(layer)
+        if i + 1 < len(weighted):
+            nxt = zero[weighted[i + 1]]
+            if nxt.dim() > 1 and nxt.shape[1] == off.numel():
+                nxt[:, off.to(nxt.device)] = True
+    removed += sum(int(z.sum()) for n, z in zero.items() if modules[n].weight.requires_grad)
+    return 100.0 * removed / max(total, 1)
+
+
 def count_flops(model: nn.Module, example_inputs) -> int:
     """FLOPs of one eval-mode forward on ``example_inputs`` (multiply-add = 2 FLOPs), by torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
