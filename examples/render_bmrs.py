@@ -11,7 +11,7 @@ import statistics
 import sys
 from pathlib import Path
 
-# BMRS Table 1, Fashion-MNIST (docs/ANCHORS.md §2.1): (Comp. %, Acc. %) as (mean, std) over 10 seeds
+# BMRS Table 1, Fashion-MNIST columns (Wright et al. 2024): (Comp. %, Acc. %) as (mean, std) over 10 seeds
 PAPER = {
     ("mlp", "none"): ((0.00, 0.00), (88.17, 0.20)), ("mlp", "l2"): ((87.86, 2.27), (18.23, 10.22)),
     ("mlp", "etheta"): ((91.76, 0.81), (85.59, 0.26)), ("mlp", "snr"): ((99.83, 0.00), (10.00, 0.00)),

@@ -23,8 +23,12 @@ def cells(models, seeds, methods):
     return [(m, s, meth) for s in seeds for m in models for meth in methods]
 
 
-def done(out: Path, model, seed, method) -> bool:
-    return (out / f"{model}_{method}_seed{seed}.json").exists()
+def name(model, seed, method, tag="") -> str:
+    return f"{model}_{method}{'_' + tag if tag else ''}_seed{seed}"
+
+
+def done(out: Path, model, seed, method, tag="") -> bool:
+    return (out / f"{name(model, seed, method, tag)}.json").exists()
 
 
 def ready(out: Path, model, seed, method) -> bool:
@@ -40,10 +44,13 @@ def main():
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--finetune", type=int, default=10)
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/bmrs_table1"))
+    p.add_argument("--tag", default="", help="a fastbayes recipe row: passed on, and part of every JSON name")
+    p.add_argument("--extra", default="", help="more reproduce_bmrs.py options for a recipe row, e.g. "
+                                                 "'--finetune-compact --gate-lr-factor 10'")
     a = p.parse_args()
     out = Path(a.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    todo = [c for c in cells(a.models, a.seeds, a.methods) if not done(out, *c[:2], c[2])]
+    todo = [c for c in cells(a.models, a.seeds, a.methods) if not done(out, *c[:2], c[2], a.tag)]
     running: dict[tuple, subprocess.Popen] = {}
     print(f"{len(todo)} cells to run, {a.jobs} at a time", flush=True)
     while todo or running:
@@ -61,10 +68,10 @@ def main():
                 break
             todo.remove(nxt)
             model, seed, method = nxt
-            log = open(out / "logs" / f"{model}_{method}_seed{seed}.log", "w")
+            log = open(out / "logs" / f"{name(model, seed, method, a.tag)}.log", "w")
             cmd = [sys.executable, str(ROOT / "examples/reproduce_bmrs.py"), "--model", model, "--method", method,
                    "--seed", str(seed), "--epochs", str(a.epochs), "--finetune", str(a.finetune), "--out", str(out),
-                   "--threads", "1"]
+                   "--threads", "1"] + (["--tag", a.tag] if a.tag else []) + a.extra.split()
             running[nxt] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                             env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
             print(f"{time.strftime('%H:%M:%S')} start {nxt}", flush=True)

@@ -130,7 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     pd = sub.add_parser("demo", help="train with gates and a dense baseline, prune, compact, measure; writes "
                                      "DIR/report.json and plots")
     pd.add_argument("--method", default="bmrs_n", choices=["sbp", "bmrs_n", "bmrs_u", "dllp", "bernoulli"])
-    pd.add_argument("--model", default="lenet5", help="lenet5, lenet5-bmrs, mlp (784-150-10) or mlp-H1-H2...")
+    pd.add_argument("--model", default="lenet5",
+                    help="lenet5, lenet5-bmrs, bmrs-mlp (BMRS's two-layer tanh MLP), mlp (784-150-10) or mlp-H1-H2...")
     pd.add_argument("--dataset", default=None, choices=["fashion-mnist", "digits"],
                     help="default: fashion-mnist if installed, else digits")
     pd.add_argument("--epochs", type=_int_at_least(1), default=6)
@@ -154,6 +155,9 @@ def _parser() -> argparse.ArgumentParser:
     pd.add_argument("--no-dense", action="store_true",
                     help="skip the dense baseline (faster; then no speed-up is claimed). dllp: its plain phase "
                          "is the baseline and is always reported")
+    pd.add_argument("--post-training", type=_int_at_least(1), default=None, metavar="STEPS",
+                    help="sbp/bmrs_n/bmrs_u: prune after training instead (BMRS §5), removing 1/STEPS of the units "
+                         "per step with one fine-tune epoch each; plots the curve and where the rule stops")
     pd.add_argument("--no-plots", action="store_true")
     pb = sub.add_parser("bench", help="run the benchmark suites and print the summary table")
     pb.add_argument("-k", default=None, help="pytest -k expression to select benchmarks")
@@ -174,9 +178,11 @@ def main(argv=None) -> int:
         finetune = min(1, args.epochs - 1) if args.finetune is None else args.finetune
         if finetune >= args.epochs:
             demo_parser.error(f"argument --finetune: must be < --epochs ({args.epochs}), got {finetune}")
-        if args.model not in ("lenet5", "lenet5-bmrs") and not _is_mlp(args.model):
-            demo_parser.error(f"argument --model: expected lenet5, lenet5-bmrs, mlp or mlp-H1-H2..., "
+        if args.model not in ("lenet5", "lenet5-bmrs", "bmrs-mlp") and not _is_mlp(args.model):
+            demo_parser.error(f"argument --model: expected lenet5, lenet5-bmrs, bmrs-mlp, mlp or mlp-H1-H2..., "
                               f"got {args.model!r}")
+        if args.post_training and args.method not in ("sbp", "bmrs_n", "bmrs_u"):
+            demo_parser.error(f"argument --post-training: applies to sbp, bmrs_n and bmrs_u, not {args.method}")
         import fastbayes as fb
         try:
             fb.backends.default("cpu")
@@ -186,7 +192,7 @@ def main(argv=None) -> int:
         run(args.method, args.model, args.dataset, args.epochs, finetune, args.seed, args.out, args.batch_size,
             args.lr, args.max_train, plots=not args.no_plots, n_particles=args.particles,
             svgd_epochs=args.svgd_epochs, kl=args.kl, gate_lr_factor=args.gate_lr_factor, delta_f=args.delta_f,
-            dense=not args.no_dense)
+            dense=not args.no_dense, post_training_steps=args.post_training or 0)
         return 0
     return bench(args)
 

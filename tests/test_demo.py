@@ -89,3 +89,20 @@ def test_import_fastbayes_does_not_load_apps():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"     # importing the old module alone neither warns nor loads apps
+
+
+def test_demo_post_training_curve_and_bmrs_mlp(tmp_path, capsys):
+    """--post-training: trained without masks, then pruned step by step; the curve, its stop and the plot."""
+    args = ["demo", "--method", "bmrs_n", "--dataset", "digits", "--model", "bmrs-mlp", "--epochs", "2",
+            "--max-train", "300", "--batch-size", "64", "--no-dense", "--post-training", "4", "--out", str(tmp_path)]
+    assert main(args) == 0
+    rep = json.loads((tmp_path / "report.json").read_text())
+    pts = rep["post_training"]["points"]
+    assert len(pts) >= 2 and [p["kept"] for p in pts] == sorted((p["kept"] for p in pts), reverse=True)
+    stop = rep["post_training"]["stop"]
+    kept_at_end = sum(rep["kept_per_layer"].values())
+    assert kept_at_end == (pts[stop]["kept"] if stop is not None else pts[-1]["kept"])
+    assert (tmp_path / "post_training.png").exists()
+    with pytest.raises(SystemExit):
+        main(["demo", "--method", "bernoulli", "--post-training", "3", "--out", str(tmp_path)])
+    assert "--post-training" in capsys.readouterr().err

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from .. import add_gates, backends, kl_loss
 from ..nn import param_groups
-from ..prune import PruneSchedule, compact, measure, update_masks
+from ..prune import PruneSchedule, compact, measure, post_training, update_masks
+from ..prune.masks import report as mask_report
 from . import data
 from .models import build
 
@@ -152,7 +153,7 @@ def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None 
         finetune: int | None = None, seed: int = 0, out: str | Path = "fastbayes-demo", batch_size: int = 128,
         lr: float = 1e-3, max_train: int | None = None, plots: bool = True, quiet: bool = False, *,
         n_particles: int = 8, svgd_epochs: int = 2, kl: str = "mean", gate_lr_factor: float = 10.0,
-        delta_f: str = "code", dense: bool = True) -> dict:
+        delta_f: str = "code", dense: bool = True, post_training_steps: int = 0) -> dict:
     """Train, prune, compact and measure; returns the report dict, also written to ``out/report.json``.
 
     * ``method``: "sbp", "bmrs_n", "bmrs_u" (gated training, masks recomputed every epoch, the last ``finetune``
@@ -167,6 +168,10 @@ def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None 
       instead of ~15 (docs/METHODS.md §1.4).
     * ``delta_f``: ΔF_N of "bmrs_n", "code" (the released code's, +½·log 2π; prunes) or "paper" (exact);
       docs/METHODS.md §2.3.
+    * ``post_training_steps`` > 0: BMRS §5 instead of pruning while training: all ``epochs`` train without masks,
+      then ``fastbayes.prune.post_training`` removes 1/``post_training_steps`` of the units per step (one fine-tune
+      epoch each) and the model continues from where the criterion's rule stops; report key ``post_training`` and
+      the plot ``post_training.png`` hold the accuracy–compression curve with the stop marked.
 
     Raises ValueError naming the argument for bad values."""
     if method == "bernoulli":
@@ -185,15 +190,20 @@ def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None 
         raise ValueError(f"method must be one of {tuple(METHODS) + ('dllp', 'bernoulli')}, got {method!r}")
     if epochs < 1 or finetune < 0 or finetune >= epochs:
         raise ValueError(f"need epochs >= 1 and 0 <= finetune < epochs, got epochs={epochs}, finetune={finetune}")
+    if isinstance(post_training_steps, bool) or not isinstance(post_training_steps, int) or post_training_steps < 0:
+        raise ValueError(f"post_training_steps must be a non-negative integer, got {post_training_steps!r}")
     out, dataset, train, val, test = _prepare(out, dataset, seed, max_train)
     criterion, options, granularity = METHODS[method]
     if criterion == "bmrs_n":
         options = {**options, "code_offset": delta_f == "code"}
     init_state = torch.get_rng_state()       # the dense baseline is built from the same state: same weights
     model = build(model_name, tuple(train.x.shape[1:]))
-    gates = add_gates(model, granularity=granularity)
+    # BMRS's own models carry their noise after the activation, as its released code does
+    placement = "activation" if model_name in ("bmrs-mlp", "lenet5-bmrs") else None
+    gates = add_gates(model, granularity=granularity, placement=placement)
     opt = torch.optim.Adam(param_groups(model, lr, gate_lr_factor), lr)
-    schedule = PruneSchedule(model, criterion, prune_epochs=epochs - finetune, **options)
+    schedule = PruneSchedule(model, criterion, prune_epochs=epochs - finetune, **options) \
+        if not post_training_steps else None
     n = len(train)
     history = []
     log = print if not quiet else (lambda *a, **k: None)
@@ -214,15 +224,27 @@ def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None 
             opt.step()
             if hasattr(bar, "set_postfix") and (i // batch_size) % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
-        report = schedule.step(epoch)
+        report = schedule.step(epoch) if schedule is not None else None
         kept = sum(int(g.mask.sum()) for g in gates.values())
         total = sum(g.num_features for g in gates.values())
         history.append({"epoch": epoch + 1, "val_accuracy": accuracy(model, val), "kept_units": kept,
                         "total_units": total, "masks_frozen": report is None})
         log(f"epoch {epoch + 1}: val acc {history[-1]['val_accuracy']:.4f}, kept {kept}/{total} units"
-            + (" (masks frozen)" if report is None else ""))
+            + (" (masks frozen)" if report is None and schedule is not None else ""))
     train_seconds = time.perf_counter() - t_train
-    final = schedule.last_report or update_masks(model, criterion, **options)
+    curve_post = None
+    if post_training_steps:
+        total_units = sum(g.num_features for g in gates.values())
+        batches = lambda split: [(split.x[i:i + batch_size], split.y[i:i + batch_size])  # noqa: E731
+                                 for i in range(0, len(split), batch_size)]
+        log(f"post-training pruning: {math.ceil(total_units / post_training_steps)} units per step, one fine-tune "
+            "epoch each")
+        curve_post = post_training(model, criterion, batches(train), batches(val), lr=lr,
+                                   step_units=math.ceil(total_units / post_training_steps), progress=not quiet,
+                                   restore="stop", **options)
+        final = mask_report(model, criterion, **options)
+    else:
+        final = schedule.last_report or update_masks(model, criterion, **options)
     net = hist = dense_seconds = None
     if dense:
         net, dense_seconds, hist = _train_dense(model_name, train, val, epochs, batch_size, lr, init_state, quiet, log)
@@ -264,11 +286,14 @@ def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None 
         "latency_batch": int(batch.shape[0]),
         "train_seconds": train_seconds, "backend": backends.default("cpu"), "device": m_before["device"],
         "history": history, "accuracy_vs_pruned_units": curve,
+        "post_training": curve_post.to_dict() if curve_post is not None else None,
         **_dense_keys(net, dense_seconds, hist, test, example, batch, small, baseline),
     }
     (out / "report.json").write_text(json.dumps(rep, indent=2))
     if plots:
         _plots(rep, final, out)
+        if curve_post is not None:
+            curve_post.plot(out / "post_training.png", label=f"{method} (post-training)")
     log(summary(rep))
     log(f"wrote {out / 'report.json'}" + (" and plots" if plots else ""))
     return rep

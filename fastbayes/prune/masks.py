@@ -71,15 +71,25 @@ def update_masks(model: nn.Module, criterion: str = "bmrs_n", *, min_units: int 
     """
     decisions = decide(model, criterion, min_units=min_units, **options)   # raises before anything is written
     gates = find_gates(model)
+    for name, d in decisions.items():
+        gates[name].mask.copy_(d.keep.to(gates[name].mask.device))
+    return _report(criterion, decisions, gates)
+
+
+def _report(criterion: str, decisions: dict, gates: dict) -> PruneReport:
     report = PruneReport(criterion, next(iter(decisions.values())).rule)
     for name, d in decisions.items():
-        gate = gates[name]
-        gate.mask.copy_(d.keep.to(gate.mask.device))
         s = d.statistic
-        report.layers.append(LayerReport(name, int(d.keep.sum()), d.keep.numel(), float(s.min()), float(s.median()),
-                                         float(s.max())))
+        report.layers.append(LayerReport(name, int(gates[name].mask.bool().sum()), d.keep.numel(), float(s.min()),
+                                         float(s.median()), float(s.max())))
         report.statistics[name] = s.cpu()
     return report
+
+
+@torch.no_grad()
+def report(model: nn.Module, criterion: str = "bmrs_n", **options) -> PruneReport:
+    """The criterion's statistics beside the masks the gates hold now (kept = unmasked units); writes nothing."""
+    return _report(criterion, decide(model, criterion, min_units=0, **options), find_gates(model))
 
 
 class PruneSchedule:
