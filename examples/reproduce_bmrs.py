@@ -12,7 +12,8 @@ Protocol (docs/METHODS.md §2.5, read from BMRS's paper and released code):
 * masks after every epoch of the first ``epochs − finetune`` (no floor on kept units; a pruned unit stays pruned, as
   the code's zeroed weights make it), then ``finetune`` epochs with masks frozen, keeping the best-validation model;
 * ``none``: the plain network (no noise); ``l2``: noise-trained without pruning, then the units with the smallest
-  L2 norm of incoming weights masked (globally) to the fraction BMRS_N kept for the same seed, then fine-tuned;
+  L2 norm of incoming weights masked (globally) to the fraction BMRS_N (code ΔF) kept for the same seed, then
+  fine-tuned;
 * reported: test accuracy of the compacted model, ``compression_pct`` counted as the code counts it
   (``fastbayes.prune.bmrs_compression_pct``) and the physically removed share of the dense network's parameters.
 """
@@ -79,9 +80,11 @@ def run(model_name, method, seed, epochs, finetune, out_dir, granularity="elemen
     if finetune < 0 or epochs <= finetune:
         raise ValueError(f"need 0 <= finetune < epochs, got epochs={epochs}, finetune={finetune}")
     out = Path(out_dir) / f"{model_name}_{method}{'_' + tag if tag else ''}_seed{seed}.json"
-    bmrs_n_file = Path(out_dir) / f"{model_name}_bmrs_n_seed{seed}.json"
+    # the paper's BMRS_N numbers are the released code's (bmrs_n_code), so L2 prunes to that rate
+    bmrs_n_file = Path(out_dir) / f"{model_name}_bmrs_n_code_seed{seed}.json"
     if method == "l2" and not bmrs_n_file.exists():
-        raise FileNotFoundError(f"l2 prunes to BMRS_N's rate: run --method bmrs_n --seed {seed} first ({bmrs_n_file})")
+        raise FileNotFoundError(f"l2 prunes to BMRS_N's rate: run --method bmrs_n_code --seed {seed} first "
+                                f"({bmrs_n_file})")
     cfg = MODELS[model_name]
     torch.manual_seed(seed)
     full = data.bmrs_preprocess(data.fashion_mnist("train"))

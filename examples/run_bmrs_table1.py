@@ -3,7 +3,7 @@
 Runs ``--jobs`` cells at a time with one thread each and skips every cell whose JSON exists, so it can be stopped
 and restarted at any time; each run's log goes to ``<out>/logs/``.  Cells run seed-major (every method of a seed
 before the next seed) so that an interrupted grid still has whole rows; ``l2`` waits for the same seed's
-``bmrs_n`` (it prunes to BMRS_N's rate).
+``bmrs_n_code`` (it prunes to the rate of BMRS_N as the paper ran it).
 
     python examples/run_bmrs_table1.py --models mlp lenet5 --seeds 0 1 2 [--jobs 2] [--out DIR]
 """
@@ -32,7 +32,7 @@ def done(out: Path, model, seed, method, tag="") -> bool:
 
 
 def ready(out: Path, model, seed, method) -> bool:
-    return method != "l2" or done(out, model, seed, "bmrs_n")
+    return method != "l2" or done(out, model, seed, "bmrs_n_code")
 
 
 def main():
@@ -58,12 +58,12 @@ def main():
             if proc.poll() is not None:
                 del running[c]
                 print(f"{time.strftime('%H:%M:%S')} {c} exit {proc.returncode}", flush=True)
-        waiting_on = {(m, s, "bmrs_n") for m, s, meth in todo if meth == "l2"}
+        waiting_on = {(m, s, "bmrs_n_code") for m, s, meth in todo if meth == "l2"}
         while len(running) < a.jobs:
             nxt = next((c for c in todo if ready(out, *c[:2], c[2])), None)
             if nxt is None:
                 if todo and not running and not (waiting_on & set(todo)):
-                    print(f"cannot run {todo}: their bmrs_n runs failed", flush=True)
+                    print(f"cannot run {todo}: their bmrs_n_code runs failed", flush=True)
                     todo = []
                 break
             todo.remove(nxt)
