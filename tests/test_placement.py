@@ -65,6 +65,9 @@ def test_bmrs_mlp_matches_the_released_architecture():
     # BMRS counts every trainable parameter, μ and log σ of each unit included
     assert sum(p.numel() for p in m.parameters()) == (1024 * 150 + 150) + (150 * 150 + 150) + (150 * 10 + 10) + 2 * 300
     assert m(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+    assert fb.add_gates(m, placement="activation") == gates           # idempotent
+    with pytest.raises(ValueError, match="placed differently"):
+        fb.add_gates(m, placement="activation", kind="bernoulli")
 
 
 def test_bmrs_lenet5_matches_the_released_architecture():

@@ -40,11 +40,11 @@ import torch
 from torch import nn
 
 from ..graph import as_args, channel_groups
-from ..layers import ACTIVATIONS, CONV, POOLS, WEIGHTED, units
+from ..layers import ACTIVATIONS, CONV, POOLS, units
 from .bernoulli import BernoulliGate
 from .gates import LogNormalGate
-from .sites import (GATE_ATTR, attach, device_of, following_bn, gates, select_layers, site_layers, sites, trace,
-                    traceable)
+from .sites import (GATE_ATTR, attach, device_of, following_bn, gates, leaves, select_layers, site_layers, sites,
+                    trace, traceable)
 
 KINDS = {"lognormal": LogNormalGate, "bernoulli": BernoulliGate}
 
@@ -110,7 +110,7 @@ def _check_placement(placement) -> None:
 
 
 def _leaf_after(model: nn.Module, name: str) -> tuple[str, nn.Module] | None:
-    order = [(n, m) for n, m in model.named_modules() if len(m._modules) == 0 or isinstance(m, WEIGHTED)]
+    order = leaves(model)
     names = [n for n, _ in order]
     if name not in names or names.index(name) + 1 >= len(order):
         return None
@@ -264,23 +264,28 @@ def _add_after(model, cls, modules, names, excluded, placement, kl_weight, examp
     names = [n for n in names if n not in excluded]
     if placement.startswith(AFTER) and len(names) != 1:
         raise ValueError(f"placement={placement!r} gates one layer: pass layers=[<that layer>], got {names}")
-    existing = sites(model)
-    plan = []
+    existing, hosted = sites(model), site_layers(model)
+    plan, out = [], {}
     for name in names:
         target = _after_target(model, modules, name, placement)
         if target in existing:
-            raise ValueError(f"{target!r} already hosts a gate; remove it first")
+            gate = existing[target][0]
+            if hosted.get(target) != name or not isinstance(gate, cls):
+                raise ValueError(f"{target!r} already hosts a {type(gate).__name__} placed differently; remove it "
+                                 "first")
+            out[target] = gate           # the same call again: idempotent
+            continue
         plan.append((name, target))
     hosts = [t for _, t in plan]
     if len(set(hosts)) != len(hosts):
         raise ValueError(f"two layers would be gated after the same module: {[p for p in plan if hosts.count(p[1]) > 1]}")
-    _check_runs_once(model, hosts, example_inputs)
+    if hosts:
+        _check_runs_once(model, hosts, example_inputs)
     built = []          # every gate built (options checked) before the first is attached
     for name, target in plan:
         gate = cls.from_layer(modules[name], kl_weight=_kl_weight_for(kl_weight, [name]), **gate_options)
         dev = device_of(modules[name])
         built.append((name, target, gate if dev is None else gate.to(device=dev)))
-    out = {}
     for name, target, gate in built:
         attach(modules[target], gate, layer=name)
         out[target] = gate

@@ -71,6 +71,14 @@ def default_layers(model: nn.Module) -> list[str]:
     return [n for n in names if n != last]
 
 
+def leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The model's leaf modules in registration order (the order of its data path in most models): a gate's host
+    counts as a leaf and its gate does not; a Linear/Conv always counts."""
+    from ..layers import WEIGHTED
+    return [(n, m) for n, m in model.named_modules()
+            if GATE_ATTR not in n.split(".") and (isinstance(m, WEIGHTED) or not set(m._modules) - {GATE_ATTR})]
+
+
 def following_bn(model: nn.Module, name: str, units: int) -> str | None:
     order = [(n, m) for n, m in model.named_modules() if len(list(m.children())) == 0]
     for i, (n, _) in enumerate(order):

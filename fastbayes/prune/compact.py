@@ -21,7 +21,7 @@ from torch import nn
 
 from ..graph import as_args, channel_groups
 from ..layers import BATCH_NORMS, CONV, HOMOGENEOUS, WEIGHTED, units
-from ..nn.sites import GATE_ATTR, detach, following_bn, gates, site_layers, sites, trace
+from ..nn.sites import detach, following_bn, gates, leaves, site_layers, sites, trace
 
 CHECK_RTOL = 1e-5
 
@@ -163,7 +163,7 @@ def _strip_gates(model: nn.Module):
         target = name
         if name in after:
             target = following_bn(model, after[name], s.numel()) or after[name]
-            if _homogeneous_path(modules, target, name) and bool((s >= 0).all()):
+            if _homogeneous_path(model, target, name) and bool((s >= 0).all()):
                 _fold(modules[target], s)
             else:
                 into_consumers.append((name, target, s))
@@ -177,14 +177,14 @@ def _strip_gates(model: nn.Module):
     return out, into_consumers
 
 
-def _homogeneous_path(modules: dict, target: str, site: str) -> bool:
-    """Every leaf module from ``target`` (excluded) to ``site`` (included), in registration order, is positively
-    homogeneous; module order stands for the data path here, so anything unusual falls back to consumer folding."""
-    leaves = [n for n, m in modules.items() if len(m._modules) == 0 or n in (target, site)]
-    if target not in leaves or site not in leaves or leaves.index(site) <= leaves.index(target):
+def _homogeneous_path(model: nn.Module, target: str, site: str) -> bool:
+    """Every leaf module after ``target`` up to ``site`` (included), in registration order, is positively homogeneous;
+    module order stands for the data path here, so anything unusual falls back to folding into the consumers."""
+    names = [n for n, _ in leaves(model)]
+    if target not in names or site not in names or names.index(site) <= names.index(target):
         return False
-    return all(isinstance(modules[n], HOMOGENEOUS) for n in leaves[leaves.index(target) + 1: leaves.index(site) + 1]
-               if n != "" and not n.endswith(GATE_ATTR) and ("." + GATE_ATTR + ".") not in n)
+    modules = dict(model.named_modules())
+    return all(isinstance(modules[n], HOMOGENEOUS) for n in names[names.index(target) + 1: names.index(site) + 1])
 
 
 @torch.no_grad()
