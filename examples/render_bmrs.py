@@ -47,7 +47,8 @@ def gap(ours, paper):
 
 
 def load(folder):
-    return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))]
+    return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*_seed*.json"))
+            if not p.name.startswith("post_training")]
 
 
 def rows(runs):

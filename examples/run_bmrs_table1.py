@@ -6,6 +6,8 @@ before the next seed) so that an interrupted grid still has whole rows; ``l2`` w
 ``bmrs_n_code`` (it prunes to the rate of BMRS_N as the paper ran it).
 
     python examples/run_bmrs_table1.py --models mlp lenet5 --seeds 0 1 2 [--jobs 2] [--out DIR]
+    python examples/run_bmrs_table1.py --models mlp --methods bmrs_n_code bmrs_u8 --tag ftc-glr10 \
+        --extra='--finetune-compact --gate-lr-factor 10'     # a fastbayes recipe row
 """
 from __future__ import annotations
 
