@@ -132,13 +132,15 @@ def run(model_name, method, seed, epochs, finetune, out_dir, granularity="elemen
             loss.backward()
             opt.step()
             loss_sum += float(loss.detach()) * len(idx)
-        if schedule is not None:
-            schedule.step(epoch)
+        rep = schedule.step(epoch) if schedule is not None else None
         kept = {s: int(g.mask.sum()) for s, g in fb.nn.gates(model).items()} if gated else \
             (counted[1] if counted else None)
         val_acc = accuracy(model, val)
         hist.append({"epoch": epoch + 1, "train_loss": loss_sum / n, "val_accuracy": val_acc, "kept_per_layer": kept,
-                     "seconds": time.perf_counter() - te})
+                     "seconds": time.perf_counter() - te,
+                     # the criterion's statistic (SNR, E[θ], ΔF) over each layer's units: min, median, max
+                     "statistic": {r.name: [r.statistic_min, r.statistic_median, r.statistic_max]
+                                   for r in rep.layers} if rep is not None else None})
         if epoch >= epochs - finetune and val_acc > best[0]:      # best-validation model of the fine-tune epochs
             best = (val_acc, copy.deepcopy(model.state_dict()))
         print(f"{model_name} {method} seed {seed} epoch {epoch + 1}/{epochs}: loss {loss_sum / n:.4f}, "
