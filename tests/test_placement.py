@@ -271,3 +271,46 @@ def test_post_training_checks_everything_before_changing_the_model():
         with pytest.raises(err):
             post_training(m, **args)
         assert all(torch.equal(v, m.state_dict()[k]) for k, v in state.items())
+
+
+def test_shrinker_removes_units_of_gates_after_an_activation():
+    torch.manual_seed(3)
+    m = BMRSMLP(16, hidden=8)
+    gates = fb.add_gates(m, kind="bernoulli", placement="activation")
+    opt = torch.optim.Adam(m.parameters(), 1e-3)
+    x = torch.randn(4, 1, 4, 4)
+    shrink = fb.prune.Shrinker(m, opt, every=1, example_inputs=x)
+    with torch.no_grad():
+        for g in gates.values():
+            g.theta[:3] = 0.0
+    m.eval()
+    before = m(x)
+    assert shrink.step()                       # the eval outputs are checked equal inside
+    assert (m[1].out_features, m[3].in_features, m[3].out_features, m[5].in_features) == (5, 5, 5, 5)
+    assert [g.num_features for g in fb.nn.gates(m).values()] == [5, 5]
+    torch.testing.assert_close(m(x), before)
+    m.train()
+    F.cross_entropy(m(x), torch.zeros(4, dtype=torch.long)).backward()
+    opt.step()                                 # the optimiser follows the smaller parameters
+
+
+class TanhIntoBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.act, self.bn, self.fc2 = nn.Linear(6, 4), nn.Tanh(), nn.BatchNorm1d(4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc2(self.bn(self.act(self.fc1(x))))
+
+
+def test_compact_refuses_to_fold_a_gate_after_tanh_into_a_batchnorm():
+    m = TanhIntoBN()
+    fb.add_gates(m, layers=["fc1"], placement="activation")
+    _prune_some(m)
+    m.eval()
+    with torch.no_grad():
+        m.bn.running_mean.fill_(0.5)
+        m.bn.bias.fill_(0.3)
+    with pytest.raises(ValueError, match="cannot fold the gate after 'act' into 'bn'"):
+        fb.prune.compact(m, torch.randn(3, 6))
+    assert fb.nn.gates(m)                      # the model is untouched (compact works on a copy)

@@ -201,7 +201,13 @@ def _fold_into_consumers(model: nn.Module, dg, site: str, target: str, s: torch.
     seen = set()
     for item in group.tp_group:
         m, fn = item.dep.target.module, item.dep.handler
-        if dg.is_out_channel_pruning_fn(fn) or names.get(m) == target or (id(m), fn) in seen:
+        if names.get(m) == target or (id(m), fn) in seen:
+            continue
+        if isinstance(m, BATCH_NORMS):     # Torch-Pruning prunes a BatchNorm with an out-channel handler
+            raise ValueError(f"cannot fold the gate after {site!r} into {names.get(m)!r} (BatchNorm): a BatchNorm "
+                             "after a non-homogeneous activation does not commute with the gate's scale, so the "
+                             "gated units cannot be folded away; gate the layer's output instead (placement='output')")
+        if dg.is_out_channel_pruning_fn(fn):
             continue
         seen.add((id(m), fn))
         kind = item.dep.target.type.name

@@ -47,7 +47,7 @@ from torch import nn
 
 from ..nn.bernoulli import BernoulliGate, bernoulli_gates, project_gates
 from ..graph import as_args, channel_groups
-from ..nn.sites import sites, trace
+from ..nn.sites import following_bn, site_layers, sites, trace
 from .compact import CHECK_RTOL, _settle, compact, eval_outputs, relative_error
 
 
@@ -211,8 +211,15 @@ class Shrinker:
         return n > 0
 
     def _remove(self) -> int:
-        found = sites(self.model)
-        masked = {s: ~g.mask.cpu() for s, (g, t) in found.items() if isinstance(g, BernoulliGate)}
+        # a gate hosted after an activation stands for the channels of its layer (or the BatchNorm after it): a unit
+        # it zeroes is 0 wherever it is read, so removing the layer's channel with its readers' columns is exact
+        after = site_layers(self.model)
+        gate_at = {}
+        for s, (g, tiles) in sites(self.model).items():
+            if isinstance(g, BernoulliGate):
+                key = (following_bn(self.model, after[s], g.num_features * tiles) or after[s]) if s in after else s
+                gate_at[key] = g
+        masked = {k: ~g.mask.cpu() for k, g in gate_at.items()}
         if not any(bool(m.any()) and m.numel() > self.min_units for m in masked.values()):
             return 0
         dg = trace(self.model, self.example_inputs)
@@ -228,7 +235,7 @@ class Shrinker:
                     removable[roots] = False
                     continue
                 removable[roots] &= masked[s][idxs]
-                score[roots] = torch.maximum(score[roots], found[s][0].theta.detach().cpu().double()[idxs])
+                score[roots] = torch.maximum(score[roots], gate_at[s].theta.detach().cpu().double()[idxs])
             grouped = [((len(grp.maps[k][0]), k[2]), grp.maps[k]) for k in grp.maps if isinstance(k, tuple)]
             removable = _settle(removable, score, grouped, self.min_units, None)
             if removable.any():
@@ -240,7 +247,7 @@ class Shrinker:
         for module, fn, idxs, per_site in plans:
             self._prune_group(dg.get_pruning_group(module, fn, idxs))
             for s, drop in per_site.items():
-                self._slice_gate(found[s][0], drop)
+                self._slice_gate(gate_at[s], drop)
             n += len(idxs)
         return n
 
