@@ -73,10 +73,11 @@ def l2_masks(model, keep_fraction: float) -> None:
 
 
 def run(model_name, method, seed, epochs, finetune, out_dir, granularity="element", gate_lr_factor=1.0,
-        finetune_compact=False, tag=""):
+        finetune_compact=False, tag="", kl_weight=1.0):
     """One cell.  The last three options are not BMRS's protocol (the "fastbayes recipe" rows): ``gate_lr_factor``
     scales the gates' learning rate (``fb.nn.param_groups``), ``finetune_compact`` fine-tunes the compacted network
-    (no noise, E[θ] folded in) instead of the noisy masked one, and ``tag`` names the JSON apart."""
+    (no noise, E[θ] folded in) instead of the noisy masked one, ``kl_weight`` scales every gate's KL, and ``tag``
+    names the JSON apart."""
     if finetune < 0 or epochs <= finetune:
         raise ValueError(f"need 0 <= finetune < epochs, got epochs={epochs}, finetune={finetune}")
     out = Path(out_dir) / f"{model_name}_{method}{'_' + tag if tag else ''}_seed{seed}.json"
@@ -95,7 +96,7 @@ def run(model_name, method, seed, epochs, finetune, out_dir, granularity="elemen
     gated = method != "none"
     schedule = None
     if gated:
-        fb.add_gates(model, placement="activation", granularity=granularity)
+        fb.add_gates(model, placement="activation", granularity=granularity, kl_weight=kl_weight)
         if METHODS[method] is not None:
             criterion, options = METHODS[method]
             schedule = PruneSchedule(model, criterion, prune_epochs=epochs - finetune, min_units=0, permanent=True,
@@ -153,7 +154,8 @@ def run(model_name, method, seed, epochs, finetune, out_dir, granularity="elemen
     small = compact(model, test.x[:2]) if gated else model
     res = {"model": model_name, "architecture": cfg["arch"], "method": method, "tag": tag, "seed": seed,
            "epochs": epochs, "finetune": finetune, "granularity": granularity if method != "none" else None,
-           "gate_lr_factor": gate_lr_factor, "finetune_compact": finetune_compact, "batch_size": bs, "lr": cfg["lr"],
+           "gate_lr_factor": gate_lr_factor, "finetune_compact": finetune_compact, "kl_weight": kl_weight,
+           "batch_size": bs, "lr": cfg["lr"],
            "threads": torch.get_num_threads(), "train_seconds": time.perf_counter() - t0,
            "best_val_accuracy": best[0], "test_accuracy": accuracy(small, test),
            "compression_pct": counted[0] if counted else 0.0,
@@ -179,11 +181,12 @@ if __name__ == "__main__":
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--gate-lr-factor", type=float, default=1.0, help="not BMRS: gates' lr = lr × this")
     p.add_argument("--finetune-compact", action="store_true", help="not BMRS: fine-tune the compacted network")
+    p.add_argument("--kl-weight", type=float, default=1.0, help="not BMRS: every gate's KL × this")
     p.add_argument("--tag", default="", help="suffix of the JSON name (e.g. 'recipe')")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     r = run(a.model, a.method, a.seed, a.epochs, a.finetune, a.out, a.granularity, a.gate_lr_factor,
-            a.finetune_compact, a.tag)
+            a.finetune_compact, a.tag, a.kl_weight)
     print(json.dumps({k: r[k] for k in ("model", "method", "seed", "test_accuracy", "compression_pct", "removed_pct",
                                          "kept_per_layer")}))
