@@ -5,7 +5,7 @@ So the model's own parameters keep their names (pretrained checkpoints still loa
 model's forward need no change, ``copy.deepcopy`` and ``torch.compile`` see ordinary modules, and the gate's
 parameters and mask appear in ``state_dict`` as ``<layer>.fastbayes_gate.mu`` etc.
 
-Two placements:
+Three placements:
 
 * **Coupled** (``add_gates(model, example_inputs=x)``): Torch-Pruning's dependency graph finds the groups of channels
   that must be removed together (residual sums, depthwise convolutions, concatenations, BatchNorm) and each group
@@ -140,7 +140,6 @@ def _after_target(model: nn.Module, modules: dict, name: str, placement: str) ->
 def _check_runs_once(model: nn.Module, hosts: list[str], example_inputs) -> None:
     """Each host module must run exactly once per forward (a shared nn.ReLU used twice would gate both uses).
     Checked on example_inputs, or on an input inferred from the first layer; skipped when neither runs."""
-    from ..graph import as_args
     modules = dict(model.named_modules())
     candidates = [as_args(example_inputs)] if example_inputs is not None else [(x,) for x in _default_inputs(model)]
     for args in candidates:
