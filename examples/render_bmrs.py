@@ -1,10 +1,10 @@
 """BMRS Table 1 (Fashion-MNIST) from the runs of examples/run_bmrs_table1.py, beside the paper's numbers.
 
-    python examples/render_bmrs.py [benchmarks/results/bmrs_table1]
+    python examples/render_bmrs.py [benchmarks/results/bmrs_table1] [--update docs/RESULTS.md]
 
-Prints a Markdown table (ours mean ± std over seeds next to BMRS Table 1, and the gap in paper standard deviations)
+Prints a Markdown table (ours mean ± std over seeds next to BMRS Table 1, and the gap in standard deviations)
 and writes ``table1.md`` and ``table1.png`` (compression vs accuracy, one dot per seed, the paper's means as
-crosses) into the folder.
+error bars) into the folder; ``--update`` also replaces the table between the ``<!-- table1`` markers of that file.
 """
 import json
 import statistics
@@ -106,14 +106,31 @@ def plot(rs, path):
     fig.savefig(path, dpi=110)
 
 
-def main(folder="benchmarks/results/bmrs_table1"):
+def update(doc: Path, md: str) -> None:
+    text = doc.read_text()
+    start = text.index("<!-- table1")
+    start = text.index("\n", start) + 1
+    end = text.index("<!-- /table1 -->")
+    doc.write_text(text[:start] + md + "\n" + text[end:])
+
+
+def main(folder="benchmarks/results/bmrs_table1", doc=None):
     rs = rows(load(folder))
     md = table(rs)
     print(md)
     Path(folder, "table1.md").write_text(md + "\n")
     plot(rs, Path(folder) / "table1.png")
     print(f"wrote {Path(folder) / 'table1.md'} and {Path(folder) / 'table1.png'}")
+    if doc is not None:
+        update(Path(doc), md)
+        print(f"updated the table in {doc}")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    args = sys.argv[1:]
+    doc = None
+    if "--update" in args:
+        k = args.index("--update")
+        doc = args[k + 1]
+        del args[k:k + 2]
+    main(*args, doc=doc)
