@@ -1,7 +1,7 @@
 """BMRS Table 1 on Fashion-MNIST, as the released code runs it: one run per (model, method, seed), one JSON each.
 
-    python examples/reproduce_bmrs.py --model {mlp,lenet5} --method {none,l2,etheta,snr,bmrs_n,bmrs_n_code,bmrs_u8,bmrs_u4} \
-        --seed S --epochs 60 --finetune 10 --out DIR
+    python examples/reproduce_bmrs.py --model {mlp,lenet5} \
+        --method {none,l2,etheta,snr,bmrs_n,bmrs_n_code,bmrs_u8,bmrs_u4} --seed S --epochs 60 --finetune 10 --out DIR
 
 Protocol (docs/METHODS.md §2.5, read from BMRS's paper and released code):
 
@@ -74,10 +74,10 @@ def l2_masks(model, keep_fraction: float) -> None:
 
 def run(model_name, method, seed, epochs, finetune, out_dir, granularity="element", gate_lr_factor=1.0,
         finetune_compact=False, tag="", kl_weight=1.0):
-    """One cell.  The last three options are not BMRS's protocol (the "fastbayes recipe" rows): ``gate_lr_factor``
-    scales the gates' learning rate (``fb.nn.param_groups``), ``finetune_compact`` fine-tunes the compacted network
-    (no noise, E[θ] folded in) instead of the noisy masked one, ``kl_weight`` scales every gate's KL, and ``tag``
-    names the JSON apart."""
+    """One cell.  The options after ``granularity`` are not BMRS's protocol (the "fastbayes recipe" rows):
+    ``gate_lr_factor`` scales the gates' learning rate (``fb.nn.param_groups``), ``finetune_compact`` fine-tunes the
+    compacted network (no noise, E[θ] folded in) instead of the noisy masked one, ``kl_weight`` scales every gate's
+    KL, and ``tag`` names the JSON apart."""
     if finetune < 0 or epochs <= finetune:
         raise ValueError(f"need 0 <= finetune < epochs, got epochs={epochs}, finetune={finetune}")
     out = Path(out_dir) / f"{model_name}_{method}{'_' + tag if tag else ''}_seed{seed}.json"
