@@ -45,7 +45,12 @@ def _worker(rank, world, port, out):
     if rank == 0:
         # numpy copies: tensors would travel through shared memory that dies with this process
         out.put((torch.stack(gathered_g).numpy().copy(), torch.stack(gathered_p).numpy().copy()))
+        out.close()
+        out.join_thread()            # the result is in the pipe before this process goes
     dist.destroy_process_group()
+    # torch 2.13's gloo aborts ~1 exit in 6 ("terminate called without an active exception") while the interpreter
+    # tears down, with or without fastbayes in the model and with a barrier first; skip that teardown
+    os._exit(0)
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
