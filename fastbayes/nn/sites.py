@@ -112,6 +112,15 @@ def site_layers(model: nn.Module) -> dict[str, str]:
     return out
 
 
+def fold_target(model: nn.Module, site: str, after: dict[str, str]) -> str:
+    """The module whose output channels the gate at ``site`` stands for: the site itself, or for a gate hosted after
+    an activation (``after`` = ``site_layers(model)``) its layer, or the BatchNorm right after that layer."""
+    if site not in after:
+        return site
+    layer = after[site]
+    return following_bn(model, layer, units(dict(model.named_modules())[layer])[0]) or layer
+
+
 def gates(model: nn.Module) -> dict[str, nn.Module]:
     """{name: gate} for every gate in ``model``, each gate once (named by its first site)."""
     out, seen = {}, set()

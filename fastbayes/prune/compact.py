@@ -21,7 +21,7 @@ from torch import nn
 
 from ..graph import as_args, channel_groups
 from ..layers import BATCH_NORMS, CONV, HOMOGENEOUS, WEIGHTED, units
-from ..nn.sites import detach, following_bn, gates, leaves, site_layers, sites, trace
+from ..nn.sites import detach, fold_target, following_bn, gates, leaves, site_layers, sites, trace
 
 CHECK_RTOL = 1e-5
 
@@ -162,7 +162,7 @@ def _strip_gates(model: nn.Module):
         entry = ((s == 0).cpu(), _unmasked_mean(gate, tiles, s))
         target = name
         if name in after:
-            target = following_bn(model, after[name], s.numel()) or after[name]
+            target = fold_target(model, name, after)
             if _homogeneous_path(model, target, name) and bool((s >= 0).all()):
                 _fold(modules[target], s)
             else:

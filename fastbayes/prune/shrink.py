@@ -47,7 +47,7 @@ from torch import nn
 
 from ..nn.bernoulli import BernoulliGate, bernoulli_gates, project_gates
 from ..graph import as_args, channel_groups
-from ..nn.sites import following_bn, site_layers, sites, trace
+from ..nn.sites import fold_target, site_layers, sites, trace
 from .compact import CHECK_RTOL, _settle, compact, eval_outputs, relative_error
 
 
@@ -215,10 +215,9 @@ class Shrinker:
         # it zeroes is 0 wherever it is read, so removing the layer's channel with its readers' columns is exact
         after = site_layers(self.model)
         gate_at = {}
-        for s, (g, tiles) in sites(self.model).items():
+        for s, (g, _) in sites(self.model).items():
             if isinstance(g, BernoulliGate):
-                key = (following_bn(self.model, after[s], g.num_features * tiles) or after[s]) if s in after else s
-                gate_at[key] = g
+                gate_at[fold_target(self.model, s, after)] = g
         masked = {k: ~g.mask.cpu() for k, g in gate_at.items()}
         if not any(bool(m.any()) and m.numel() > self.min_units for m in masked.values()):
             return 0
