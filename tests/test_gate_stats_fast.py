@@ -4,7 +4,9 @@ far-tail-exact path (its line-by-line twin fastbayes.reference.gate_stats) and a
 The fast path serves the units whose lower end a is far from the mass of q (α² - min(β, 0)² >= FAR_END²) in three
 kinds: deep (β >= FAR_END + 2σ, the log-normal limit), near (-TAIL_S <= β < FAR_END + 2σ; Δ² directly, by its
 Taylor series in σ below TAYLOR_SIGMA, or by quadrature in between) and tail (β < -TAIL_S; Δ² from three continued fractions above
-TAIL_SIGMA_MIN, by quadrature below).  Every switch is probed exactly at and within 1e-12 / 1e-9 relative on
+TAIL_SIGMA_MIN, by quadrature below).  A fourth, interior, serves windows not in a tail with both ends in reach
+(s0 <= TAIL_S, T >= INTERIOR_MIN_T, σ >= QUAD_SIGMA·max(1, s0), every shifted window in the lower tail with
+T(s + T/2) >= INTERIOR_MIN_TAIL); its sub-kinds count the shifted windows in the tail (interior-0/1/2).  Every switch is probed exactly at and within 1e-12 / 1e-9 relative on
 both sides; ``_fast_kind`` mirrors the C++ classification only to check that both sides are really exercised.
 """
 from __future__ import annotations
@@ -24,8 +26,10 @@ F64 = torch.float64
 A, B = -20.0, 0.0
 DEVICES = ["cpu"] + (["cuda"] if _C.has_cuda() and torch.cuda.is_available() else [])
 NAMES = ("kl", "mean", "snr", "dmu", "dlog_sigma")
-# math.h constants (FAR_END, TAYLOR_SIGMA, TAIL_SIGMA_MIN); TAIL_S and QUAD_SIGMA are the reference's
+# math.h constants (FAR_END, TAYLOR_SIGMA, TAIL_SIGMA_MIN, INTERIOR_MIN_T, INTERIOR_MIN_TAIL); TAIL_S and QUAD_SIGMA
+# are the reference's
 FAR_END, TAYLOR_SIGMA, TAIL_SIGMA_MIN = 10.0, 0.1, 0.02
+INTERIOR_MIN_T, INTERIOR_MIN_TAIL = 0.1, 1.0
 # the tolerances of tests/test_csrc.py: the fast path must be as close to the exact path as the exact path is
 TOL64 = {"kl": (1e-18, 1e-11), "mean": (0.0, 1e-13), "snr": (0.0, 1e-11), "dmu": (1e-15, 1e-11),
          "dlog_sigma": (1e-15, 1e-11)}
@@ -33,10 +37,16 @@ DEVICE_FACTOR = {"cpu": 1.0, "cuda": 10.0}
 D = (-1e-9, -1e-12, 0.0, 1e-12, 1e-9)
 
 
-def _fast_kind(al: float, be: float, sigma: float) -> str:
+def _fast_kind(al: float, be: float, sigma: float, T: float | None = None) -> str:
     """Python mirror of math.h fast_kind plus the Δ² switches inside near and tail (test bookkeeping only)."""
+    T = (B - A) / sigma if T is None else T
     bm = min(be, 0.0)
     if not (sigma > 0 and al < 0 and al * al - bm * bm >= FAR_END ** 2):
+        s0 = -be if al + be < 0 else al
+        if s0 <= ref.TAIL_S and T >= INTERIOR_MIN_T and sigma >= ref.QUAD_SIGMA * max(1.0, s0):
+            shifted = [k * sigma - be for k in (1, 2)]
+            if all(s <= ref.TAIL_S or T * (s + T / 2) >= INTERIOR_MIN_TAIL for s in shifted):
+                return f"interior-{sum(s > ref.TAIL_S for s in shifted)}"
         return "exact"
     if be >= FAR_END + 2 * sigma:
         return "deep"
@@ -47,8 +57,8 @@ def _fast_kind(al: float, be: float, sigma: float) -> str:
     return "tail-cf" if sigma >= TAIL_SIGMA_MIN else "tail-quad"
 
 
-def _kinds(pairs):
-    return {_fast_kind((A - m) / s, (B - m) / s, s) for m, s in pairs}
+def _kinds(pairs, a=A, b=B):
+    return {_fast_kind((a - m) / s, (b - m) / s, s, (b - a) / s) for m, s in pairs}
 
 
 def _units(pairs):
@@ -87,16 +97,32 @@ def _boundaries():
     out["direct_sigma"] = [_at_beta(be, ref.QUAD_SIGMA * -be * (1 + d)) for be in (-1.5, -3.0, -4.99) for d in D]
     out["near_quad_sigma"] = [_at_beta(be, TAYLOR_SIGMA * (1 + d)) for be in (-1.5, -3.0, -4.99) for d in D]
     out["tail_sigma"] = [_at_beta(be, TAIL_SIGMA_MIN * (1 + d)) for be in (-5.5, -20.0, -300.0) for d in D]
+    # interior: the window's own tail at s0 = TAIL_S (upper end β = -TAIL_S, α within FAR_END of it) ...
+    out["interior_s0"] = [_at_beta(-ref.TAIL_S * (1 + d), s) for s in (5.0, 8.0) for d in D]
+    # ... the width T = INTERIOR_MIN_T, centred and off-centre ...
+    out["interior_min_t"] = [(m, (B - A) / (INTERIOR_MIN_T * (1 + d))) for m in (-10.0, -25.0) for d in D]
+    # ... Δ² direct from σ = QUAD_SIGMA·s0 (s0 = α > 1, q near the lower end) ...
+    out["interior_quad_sigma"] = [(A - s0 * ref.QUAD_SIGMA * s0 * (1 + d), ref.QUAD_SIGMA * s0 * (1 + d))
+                                  for s0 in (1.5, 3.0, 4.9) for d in D]
+    # ... and a shifted window entering the lower tail (σ - β = TAIL_S, then 2σ - β = TAIL_S)
+    out["interior_shifted_tail"] = [_at_beta(k * s - ref.TAIL_S * (1 + d), s) for k, s in ((1, 4.0), (1, 6.0), (2, 2.0))
+                                    for d in D]
     return out
+
+
+# a shifted tail window with T(s + T/2) = INTERIOR_MIN_TAIL needs a narrow prior window: [a, b] = [-1, 0], T = 1/σ,
+# s = σ - β, so the switch is at β = 1/(2σ)
+NARROW = (-1.0, 0.0)
+BOUNDARIES_NARROW = {"interior_min_tail": [(NARROW[1] - 0.5 * (1 + d), s) for s in (6.0, 8.0) for d in D]}
 
 
 BOUNDARIES = _boundaries()
 
 
-def _run(device, mu, ls, grad):
+def _run(device, mu, ls, grad, a=A, b=B):
     dev = [t.to(device) for t in (mu, ls, grad)]
-    got = [t.cpu() for t in ops.gate_stats(dev[0], dev[1], A, B) + ops.gate_stats_backward(dev[2], dev[0], dev[1], A, B)]
-    want = list(ref.gate_stats(mu, ls, A, B) + ref.gate_stats_backward(grad, mu, ls, A, B))
+    got = [t.cpu() for t in ops.gate_stats(dev[0], dev[1], a, b) + ops.gate_stats_backward(dev[2], dev[0], dev[1], a, b)]
+    want = list(ref.gate_stats(mu, ls, a, b) + ref.gate_stats_backward(grad, mu, ls, a, b))
     return got, want
 
 
@@ -106,14 +132,15 @@ def _max_rel_err(got, want, name):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("boundary", sorted(BOUNDARIES))
+@pytest.mark.parametrize("boundary", sorted(BOUNDARIES) + sorted(BOUNDARIES_NARROW))
 def test_fast_path_matches_exact_path_across_each_switch(device, boundary):
-    pairs = BOUNDARIES[boundary]
+    a, b = NARROW if boundary in BOUNDARIES_NARROW else (A, B)
+    pairs = {**BOUNDARIES, **BOUNDARIES_NARROW}[boundary]
     mu, ls = _units(pairs)
-    kinds = _kinds(pairs)
+    kinds = _kinds(pairs, a, b)
     assert len(kinds) >= 2, (boundary, kinds)   # the set straddles the switch
     grad = torch.linspace(-1.5, 2.0, mu.numel(), dtype=F64)
-    got, want = _run(device, mu, ls, grad)
+    got, want = _run(device, mu, ls, grad, a, b)
     for name, k, r in zip(NAMES, got, want):
         atol, rtol = (t * DEVICE_FACTOR[device] for t in TOL64[name])
         assert torch.isfinite(k).all(), name
@@ -121,8 +148,10 @@ def test_fast_path_matches_exact_path_across_each_switch(device, boundary):
 
 
 def test_every_kind_is_exercised():
-    kinds = set().union(*(_kinds(pairs) for pairs in BOUNDARIES.values()))
-    assert kinds == {"exact", "deep", "near-direct", "near-taylor", "near-quad", "tail-cf", "tail-quad"}
+    kinds = set().union(*(_kinds(pairs) for pairs in BOUNDARIES.values()),
+                        *(_kinds(pairs, *NARROW) for pairs in BOUNDARIES_NARROW.values()))
+    assert kinds == {"exact", "deep", "near-direct", "near-taylor", "near-quad", "tail-cf", "tail-quad",
+                     "interior-0", "interior-1", "interior-2"}
 
 
 # ------------------------------------------------------------------------------------------------- mpmath oracle
@@ -137,6 +166,8 @@ ORACLE_POINTS = [
     (0.3, 0.12), (0.6, 0.15), (1.0, 0.3),
     # tail, three continued fractions (σ >= 0.02) and quadrature (σ < 0.02)
     (0.2, 0.03), (1.0, 0.05), (3.0, 0.1), (5.0, 0.8), (0.5, 0.019), (0.1, 0.005), (2.0, 1e-4), (0.05, 1e-6),
+    # interior: posteriors relaxed towards the prior (both ends in reach), no / one / two shifted windows in the tail
+    (-21.0, 0.4), (-10.0, 2.0), (-1.5, 3.0), (5.0, 4.0), (-0.5, 20.0), (-2.9, 54.0), (-12.0, 150.0),
 ]
 
 
@@ -164,7 +195,8 @@ def _mp_stats(mu, sigma, a=A, b=B):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_fast_path_against_mpmath(device):
-    assert _kinds(ORACLE_POINTS) == {"deep", "near-direct", "near-taylor", "near-quad", "tail-cf", "tail-quad"}
+    assert _kinds(ORACLE_POINTS) == {"deep", "near-direct", "near-taylor", "near-quad", "tail-cf", "tail-quad",
+                                     "interior-0", "interior-1", "interior-2"}
     mu, ls = _units(ORACLE_POINTS)
     # log σ as the kernels see it: σ = exp(log σ) rounded, so the oracle uses that σ too
     sig = ls.exp().tolist()
@@ -188,6 +220,7 @@ def test_fast_path_against_mpmath(device):
     [(-10.0, 0.05), (-4.0, 0.3), (-10.0, 0.8)],                      # deep
     [(0.0, 0.0067), (-0.2, 0.05), (0.1, 0.5), (-1.0, 0.3)],        # near
     [(0.5, 0.05), (2.0, 0.3), (0.3, 0.01)],                         # tail
+    [(-21.0, 0.4), (-1.5, 3.0), (5.0, 4.0), (-0.5, 20.0)],         # interior
 ])
 def test_gradcheck_fast_kinds(pairs):
     mu, ls = _units(pairs)

@@ -37,7 +37,7 @@ void for_units(int64_t n, const DoubleReader& mr, const DoubleReader& lr, double
     for (int64_t i = begin; i < end; ++i) {
       const double mu = mr[i], sigma = ::exp(lr[i]);
       const double al = (a - mu) / sigma, be = (b - mu) / sigma;
-      const int kind = fast_kind(al, be, sigma);
+      const int kind = fast_kind(al, be, sigma, (b - a) / sigma);
       if (kind != kFastNone) {
         fast(i, kind, mu, sigma, al, be);
       } else {
@@ -71,7 +71,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gate_stats_cpu(const at::Tensor& 
   for_units(
       m.numel(), mr, lr, a, b,
       [&](int64_t i, int kind, double mu, double sigma, double al, double be) {
-        put(i, gate_stats_fast(kind, mu, lr[i], sigma, al, be, b, log_bma));
+        put(i, gate_stats_fast(kind, mu, lr[i], sigma, al, be, a, b, log_bma));
       },
       [&](int64_t i) { put(i, gate_stats_exact(mr[i], lr[i], a, b)); });
   return {kl, mean, snr};
@@ -95,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor> gate_stats_backward_cpu(const at::Tensor& gra
   for_units(
       m.numel(), mr, lr, a, b,
       [&](int64_t i, int kind, double, double sigma, double al, double be) {
-        put(i, gate_stats_backward_fast(kind, gr[i], lr[i], sigma, al, be));
+        put(i, gate_stats_backward_fast(kind, gr[i], lr[i], sigma, al, be, a, b));
       },
       [&](int64_t i) { put(i, gate_stats_backward_exact(gr[i], mr[i], lr[i], a, b)); });
   return {dmu, dls};

@@ -372,6 +372,23 @@ FB_HOST_DEVICE FB_DEVICE_NOINLINE inline KlGrad kl_wide(double al, double be, do
   return r;
 }
 
+// KL and its gradients when [α, β] is not in a tail (log Z = L): kl_wide for a nearly uniform q, else
+// METHODS §0.2 / §0.4 direct forms.
+FB_INLINE KlGrad kl_interior(double al, double be, double T, double sigma, double L, double log_bma) {
+  if (T < kWideT && ::fabs(al + be) * T < 2.0 * kWideT) return kl_wide(al, be, T, sigma);
+  const double pa = ::exp(-0.5 * al * al - kHalfLog2Pi - L);
+  const double pb = ::exp(-0.5 * be * be - kHalfLog2Pi - L);
+  const double nz = al * pa - be * pb;
+  KlGrad r;
+  r.kl = log_bma - ::log(sigma) - L - kHalfLog2PiE - 0.5 * nz;
+  const double dz_mu = (pa - pb) / sigma;                                  // (∂Z/∂μ)/Z
+  const double dn_mu = (pb * (1 - be * be) - pa * (1 - al * al)) / sigma;  // (∂N/∂μ)/Z
+  r.dmu = -dz_mu - 0.5 * (dn_mu - nz * dz_mu);
+  const double dn_ls = be * pb * (1 - be * be) - al * pa * (1 - al * al);  // σ(∂N/∂σ)/Z
+  r.dls = -1.0 - nz - 0.5 * (dn_ls - nz * nz);
+  return r;
+}
+
 // KL and its gradients in every regime (reference _kl_parts; σ = exp(log σ) already taken).
 FB_HOST_DEVICE FB_DEVICE_NOINLINE inline KlGrad kl_parts(double mu, double sigma, double a, double b) {
   const double al = (a - mu) / sigma, be = (b - mu) / sigma, T = (b - a) / sigma;
@@ -397,18 +414,7 @@ FB_HOST_DEVICE FB_DEVICE_NOINLINE inline KlGrad kl_parts(double mu, double sigma
     r.dls = -1.0 - 0.5 * amp * h_sig;
     return r;
   }
-  if (T < kWideT && ::fabs(al + be) * T < 2.0 * kWideT) return kl_wide(al, be, T, sigma);
-  // interior: METHODS §0.2 / §0.4 direct forms
-  const double pa = ::exp(-0.5 * al * al - kHalfLog2Pi - z.L);
-  const double pb = ::exp(-0.5 * be * be - kHalfLog2Pi - z.L);
-  const double nz = al * pa - be * pb;
-  r.kl = log_bma - ::log(sigma) - z.L - kHalfLog2PiE - 0.5 * nz;
-  const double dz_mu = (pa - pb) / sigma;                                  // (∂Z/∂μ)/Z
-  const double dn_mu = (pb * (1 - be * be) - pa * (1 - al * al)) / sigma;  // (∂N/∂μ)/Z
-  r.dmu = -dz_mu - 0.5 * (dn_mu - nz * dz_mu);
-  const double dn_ls = be * pb * (1 - be * be) - al * pa * (1 - al * al);  // σ(∂N/∂σ)/Z
-  r.dls = -1.0 - nz - 0.5 * (dn_ls - nz * nz);
-  return r;
+  return kl_interior(al, be, T, sigma, z.L, log_bma);
 }
 
 struct GateStats {
@@ -460,20 +466,52 @@ FB_INLINE GateGrad gate_stats_backward_exact(double grad_kl, double mu, double l
 //        log E[θ] = b - log(g(s+σ)/g(s)),  Δ² = -log(g(s+2σ)g(s)/g(s+σ)²) with the numerator expanded in
 //        d_k = C1(s+kσ) - C1(s) (error ~4e-16/σ² relative) for σ >= TAIL_SIGMA_MIN, below it delta2's quadrature
 //        with the one-CF variance C1(2h2 - C1) per node.
-// Everything else (a near the mass, σ ~ b - a, the upper-tail mirror) takes the exact path.
+// A fourth kind, interior, serves q whose window [α, β] is not in a tail while both ends may matter (the posteriors
+// that relaxed towards the prior, σ ~ (b - a)/10 .. 3(b - a), as every unit BMRS prunes does under the mean KL):
+//   interior (s0 <= TAIL_S, T >= INTERIOR_MIN_T, σ >= QUAD_SIGMA·max(1, s0), s0 the window's distance into its
+//        nearer tail): the exact
+//        path's own forms (KL from kl_interior, log E[θ^k] from log_moment's anchors, Δ² = log E[θ²] - 2 log E[θ]
+//        directly), with two substitutions that leave a few ulps: log Z of a window not in a tail as the log of a
+//        difference of two erfc (log_diff_ndtr_interior), and a shifted
+//        window [α - kσ, β - kσ] in the lower tail (s = kσ - β > TAIL_S) summed from Mills ratios as
+//        log Z = log(R(s) - e^-T(s+T/2)·R(s+T)) - s²/2 - ½log 2π instead of the continued-fraction pieces (it
+//        serves only T(s + T/2) >= 1, where that difference loses at most 1.6x in relative accuracy).
+// Everything else (a near the mass with a narrow q, σ ~ b - a against a tail window, the upper-tail mirror) takes
+// the exact path.
 constexpr double kFarEnd = 10.0;
 constexpr double kTaylorSigma = 0.1;
 constexpr double kTailSigmaMin = 0.02;
+constexpr double kInteriorMinTail = 1.0;  // T(s + T/2) of a shifted tail window, at least
+// T = (b - a)/σ, at least: log Z of a window of width T costs ~2.5ε/T in relative accuracy in every form that
+// subtracts two CDFs (the exact path's included), so narrower windows stay on the exact path, whose twin is the
+// reference, rather than differ from it by more than the tests' 1e-13
+constexpr double kInteriorMinT = 0.1;
 
-enum FastKind : int { kFastNone = 0, kFastDeep = 1, kFastNear = 2, kFastTail = 3 };
+enum FastKind : int { kFastNone = 0, kFastDeep = 1, kFastNear = 2, kFastTail = 3, kFastInterior = 4 };
 
-// Which fast kind serves (α, β, σ); kFastNone (the exact path) for NaN too.
-FB_INLINE int fast_kind(double al, double be, double sigma) {
+namespace detail {
+// A shifted window [α - kσ, β - kσ] of the interior kind: in the lower tail, it needs T(s + T/2) >= kInteriorMinTail.
+FB_INLINE bool interior_window_ok(double be, double sigma, double T, double k) {
+  const double s = k * sigma - be;
+  return !(s > kTailS) || T * (s + 0.5 * T) >= kInteriorMinTail;
+}
+}  // namespace detail
+
+// Which fast kind serves (α, β, σ); T = (b - a)/σ; kFastNone (the exact path) for NaN and infinities too.
+FB_INLINE int fast_kind(double al, double be, double sigma, double T) {
+  if (!(sigma > 0.0 && sigma < 1e300)) return kFastNone;
   const double bm = be < 0.0 ? be : 0.0;
-  if (!(sigma > 0.0 && al < 0.0 && al * al - bm * bm >= kFarEnd * kFarEnd)) return kFastNone;
-  if (be >= kFarEnd + 2.0 * sigma) return kFastDeep;
-  if (be >= -kTailS) return kFastNear;
-  return kFastTail;
+  if (al < 0.0 && al * al - bm * bm >= kFarEnd * kFarEnd) {
+    if (be >= kFarEnd + 2.0 * sigma) return kFastDeep;
+    if (be >= -kTailS) return kFastNear;
+    return kFastTail;
+  }
+  const double s0 = (al + be) < 0 ? -be : al;
+  if (s0 <= kTailS && T >= kInteriorMinT && sigma >= kQuadSigma * detail::clamp_min(s0, 1.0) &&
+      detail::interior_window_ok(be, sigma, T, 1.0) && detail::interior_window_ok(be, sigma, T, 2.0)) {
+    return kFastInterior;
+  }
+  return kFastNone;
 }
 
 namespace detail {
@@ -526,15 +564,60 @@ FB_INLINE KlGrad kl_tail_one_sided(double s, const MillsCf& c, double sigma, dou
   r.dls = -1.0 - 0.5 * g * (s * q);
   return r;
 }
+
+// erfcx(u) for u >= 1/√2 without erfcx_pos's 20 serial divisions from u = 5 on: the exact split u² and erfc up to
+// u = 13 (erfc(13) ~ 1e-75, far from underflow), then the asymptotic series, whose 11th term is < 4e-17 there.
+FB_INLINE double erfcx_fast(double u) {
+  if (u < 13.0) {
+    const double hi = u * u;
+    const double lo = ::fma(u, u, -hi);
+    return ::exp(hi) * ::erfc(u) * (1.0 + lo);
+  }
+  const double v = 1.0 / (u * u);  // Σ (-1)^k (2k-1)!!/(2u²)^k, k = 0..10
+  const double series = poly8(v, 1.0, -0.5, 0.75, -1.875, 6.5625, -29.53125, 162.421875, -1055.7421875) +
+                        v * v * v * v * v * v * v * v * (7918.06640625 + v * (-67303.564453125 + v * 639383.8623046875));
+  return kInvSqrtPi / u * series;
+}
+// log(Φ(hi) - Φ(lo)) for a window whose nearer end is not in a tail (mirrored to the side where both CDFs are
+// small, the upper one >= Φ(-TAIL_S) ~ 3e-7): one difference of two erfc, which is as well conditioned as
+// log_diff_ndtr's log1mexp of two log Φ (the relative error is ε·(Φ(hi) + Φ(lo))/(Φ(hi) - Φ(lo)) for both), at a
+// third of the cost.
+FB_INLINE double log_diff_ndtr_interior(double lo, double hi) {
+  const bool mirror = (lo + hi) > 0;
+  const double x_hi = mirror ? -lo : hi, x_lo = mirror ? -hi : lo;
+  return ::log(0.5 * (::erfc(-x_hi * kSqrtHalf) - ::erfc(-x_lo * kSqrtHalf)));
+}
+// Mills ratio R(s) = Φ(-s)/φ(s) for s >= TAIL_S
+FB_INLINE double mills_ratio(double s) { return kSqrtHalfPi * erfcx_fast(s * kSqrtHalf); }
+
+// log E[θ^k] of the interior kind: log_moment's forms for z0 not in a tail (log Z0 = l0), the window shifted by
+// -kσ either interior too or in the lower tail (see the interior kind above).
+FB_INLINE double log_moment_interior(double mu, double sigma, double b, double al, double be, double T, double l0,
+                                     double k) {
+  const double hi = be - k * sigma;
+  if (-hi > kTailS) {
+    const double s = -hi, e = T * (s + 0.5 * T);
+    const double r = mills_ratio(s);
+    const double d = e > 745.0 ? r : r - ::exp(-e) * mills_ratio(s + T);
+    return k * b - 0.5 * be * be - kHalfLog2Pi + ::log(d) - l0;
+  }
+  return k * mu + 0.5 * k * k * sigma * sigma + log_diff_ndtr_interior(al - k * sigma, hi) - l0;
+}
 }  // namespace detail
 
-// log_bma = log(b - a), hoisted by the caller; kind = fast_kind(α, β, σ) != kFastNone.
+// log_bma = log(b - a), hoisted by the caller; kind = fast_kind(α, β, σ, T) != kFastNone.
 FB_INLINE GateStats gate_stats_fast(int kind, double mu, double log_sigma, double sigma, double al, double be,
-                                    double b, double log_bma) {
+                                    double a, double b, double log_bma) {
   const double s2 = sigma * sigma;
   GateStats st;
   double lm1, d2;
-  if (kind == kFastDeep) {
+  if (kind == kFastInterior) {
+    const double T = (b - a) / sigma;
+    const double l0 = detail::log_diff_ndtr_interior(al, be);
+    st.kl = kl_interior(al, be, T, sigma, l0, log_bma).kl;
+    lm1 = detail::log_moment_interior(mu, sigma, b, al, be, T, l0, 1.0);
+    d2 = detail::log_moment_interior(mu, sigma, b, al, be, T, l0, 2.0) - 2.0 * lm1;
+  } else if (kind == kFastDeep) {
     st.kl = detail::kl_direct(al, be, detail::phi_or_zero(al), detail::phi_or_zero(be), 0.0, sigma, log_sigma,
                               log_bma).kl;
     lm1 = mu + 0.5 * s2;
@@ -597,9 +680,11 @@ FB_INLINE GateStats gate_stats_fast(int kind, double mu, double log_sigma, doubl
 }
 
 FB_INLINE GateGrad gate_stats_backward_fast(int kind, double grad_kl, double log_sigma, double sigma, double al,
-                                            double be) {
+                                            double be, double a, double b) {
   KlGrad r;
-  if (kind == kFastDeep) {
+  if (kind == kFastInterior) {
+    r = kl_interior(al, be, (b - a) / sigma, sigma, detail::log_diff_ndtr_interior(al, be), 0.0);
+  } else if (kind == kFastDeep) {
     r = detail::kl_direct(al, be, detail::phi_or_zero(al), detail::phi_or_zero(be), 0.0, sigma, log_sigma, 0.0);
   } else if (kind == kFastNear) {
     const double l0 = log_ndtr(be);
@@ -614,8 +699,8 @@ FB_INLINE GateGrad gate_stats_backward_fast(int kind, double grad_kl, double log
 FB_INLINE GateStats gate_stats(double mu, double log_sigma, double a, double b) {
   const double sigma = ::exp(log_sigma);
   const double al = (a - mu) / sigma, be = (b - mu) / sigma;
-  const int kind = fast_kind(al, be, sigma);
-  if (kind != kFastNone) return gate_stats_fast(kind, mu, log_sigma, sigma, al, be, b, ::log(b - a));
+  const int kind = fast_kind(al, be, sigma, (b - a) / sigma);
+  if (kind != kFastNone) return gate_stats_fast(kind, mu, log_sigma, sigma, al, be, a, b, ::log(b - a));
   return gate_stats_exact(mu, log_sigma, a, b);
 }
 
@@ -623,8 +708,8 @@ FB_INLINE GateStats gate_stats(double mu, double log_sigma, double a, double b) 
 FB_INLINE GateGrad gate_stats_backward(double grad_kl, double mu, double log_sigma, double a, double b) {
   const double sigma = ::exp(log_sigma);
   const double al = (a - mu) / sigma, be = (b - mu) / sigma;
-  const int kind = fast_kind(al, be, sigma);
-  if (kind != kFastNone) return gate_stats_backward_fast(kind, grad_kl, log_sigma, sigma, al, be);
+  const int kind = fast_kind(al, be, sigma, (b - a) / sigma);
+  if (kind != kFastNone) return gate_stats_backward_fast(kind, grad_kl, log_sigma, sigma, al, be, a, b);
   return gate_stats_backward_exact(grad_kl, mu, log_sigma, a, b);
 }
 
