@@ -51,6 +51,7 @@ from torch import nn
 from ..distributions import SpikeSlab
 from ..layers import BATCH_NORMS, WEIGHTED, units
 from ..ops import bernoulli as ops   # the module itself: works before fastbayes.ops re-exports it
+from .cost import CostPrior, ParamCost  # noqa: F401  (the cost-aware prior; cost.py imports this module lazily)
 from .sites import GATE_ATTR, gates
 
 
@@ -434,3 +435,54 @@ def exact_theta_grad(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tens
         for j, i in enumerate(idx.tolist()):
             out[j] = evaluate(i, 1.0) - evaluate(i, 0.0)
     return out.to(dev)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# deciding the units in transit
+
+def decide(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor],
+           prior_fn: Optional[Callable[[], torch.Tensor]] = None) -> dict[str, int]:
+    """Set every kept unit still in transit (0 < θ < 1) to θ = 0 or 1 by the sign of its exact gradient.
+
+    The objective is affine in each θ_i, so its minimum along θ_i sits at 0 when
+    ∂/∂θ_i = [ℓ(ξ_i = 1) − ℓ(ξ_i = 0)] + ∂prior/∂θ_i > 0 and at 1 otherwise; the data part comes from
+    ``exact_theta_grad`` (two evaluations of ``loss_fn(model)`` per unit), the prior part from autograd on
+    ``prior_fn()`` (the prior term as it enters the mean loss, e.g. ``lambda: prior() / n_train``; None: no prior).
+    The straight-through estimate that trains θ is biased and can hold a unit inside (0, 1) for good, where it acts
+    as dropout; deciding after every epoch, and at the end, leaves every gate at exactly 0 or 1 after a run of any
+    length.  A unit set to 0 is removed by the next ``Shrinker`` check; one set to 1 stays trainable.  Every
+    decision is computed before any θ changes, so a failing ``loss_fn`` leaves the model as it was.
+
+    Returns {gate name: units decided}.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise TypeError("loss_fn must be callable as loss_fn(model) -> scalar tensor")
+    if prior_fn is not None and not callable(prior_fn):
+        raise TypeError("prior_fn must be None or callable as prior_fn() -> scalar tensor")
+    found = bernoulli_gates(model)
+    if not found:
+        raise ValueError("model has no BernoulliGate: call fastbayes.add_gates(model, kind='bernoulli') first")
+    todo = {k: (g.mask & ~g.frozen & (g.theta > 0) & (g.theta < 1)).nonzero().flatten() for k, g in found.items()}
+    todo = {k: v for k, v in todo.items() if v.numel()}
+    if not todo:
+        return {}
+    prior_grads = {}
+    if prior_fn is not None:
+        thetas = [found[k].theta for k in todo]
+        value = prior_fn()
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            raise ValueError("prior_fn must return a scalar tensor")
+        grads = torch.autograd.grad(value, thetas, allow_unused=True)
+        prior_grads = {k: g for k, g in zip(todo, grads) if g is not None}
+    keep = {}
+    for k, idx in todo.items():
+        d = exact_theta_grad(model, loss_fn, found[k], idx)
+        if k in prior_grads:
+            d = d + prior_grads[k][idx].to(d.dtype)
+        keep[k] = d < 0
+    with torch.no_grad():
+        for k, idx in todo.items():
+            found[k].theta[idx] = keep[k].to(found[k].theta.dtype)
+    return {k: int(idx.numel()) for k, idx in todo.items()}
