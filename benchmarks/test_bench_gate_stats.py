@@ -9,7 +9,7 @@ Three parameter spreads: ``spread`` (μ uniform in [-10, 0], log σ in [-5, -1]:
 ``around_b`` (μ ~ N(0, 1), log σ ~ N(-3, 1): the gates near their init μ = b = 0, half of them beyond b, where the
 fast path's near and tail kinds work; see csrc/include/fastbayes/math.h) and ``relaxed`` (μ uniform in [-3, 0],
 log σ in [1, 4]: posteriors that have relaxed towards the prior, σ ~ (b - a)/7 .. 3(b - a), as every unit BMRS
-prunes does under the mean KL; both ends of [a, b] matter, so the far-tail-exact path serves them all).
+prunes does under the mean KL; both ends of [a, b] matter, and the fast path's interior kind serves them).
 """
 import pytest
 import torch

@@ -6,8 +6,9 @@
 // evaluation order, the same regime switches; only the continued fractions stop earlier where they have
 // converged and skip a window end whose weight underflows to 0), so the backends agree with the reference to a
 // few ulps of its cancellation-free results for μ far outside [a, b] and σ from 1e-6 to 1e3.  gate_stats and
-// gate_stats_backward first try the fast path of the ordinary regime (fast_kind, below), which has no
-// reference twin and is tested against the reference and mpmath (tests/test_gate_stats_fast.py).
+// gate_stats_backward first try the fast path of the ordinary regime (fast_kind, below: a far from q's mass, or
+// q relaxed towards the prior with both ends in reach), which has no reference twin and is tested against the
+// reference and mpmath (tests/test_gate_stats_fast.py).
 #pragma once
 #include <cmath>
 
