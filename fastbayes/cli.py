@@ -112,6 +112,16 @@ def _int_at_least(lo: int):
     return parse
 
 
+def _nonnegative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return v
+
+
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -149,6 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     pd.add_argument("--max-train", type=_int_at_least(1), default=None,
                     help="use only the first N training examples")
     pd.add_argument("--out", default="fastbayes-demo")
+    pd.add_argument("--price", type=_nonnegative_float, default=None,
+                    help="bernoulli: the cost-aware prior's price of a parameter, in nats over the training set "
+                         "(default 0.01; higher prunes more)")
     pd.add_argument("--particles", type=_int_at_least(2), default=8, help="dllp: number of SVGD particles")
     pd.add_argument("--svgd-epochs", type=_int_at_least(1), default=2,
                     help="dllp: SVGD epochs after the --epochs plain ones")
@@ -181,6 +194,8 @@ def main(argv=None) -> int:
         if args.model not in ("lenet5", "lenet5-bmrs", "bmrs-mlp") and not _is_mlp(args.model):
             demo_parser.error(f"argument --model: expected lenet5, lenet5-bmrs, bmrs-mlp, mlp or mlp-H1-H2..., "
                               f"got {args.model!r}")
+        if args.price is not None and args.method != "bernoulli":
+            demo_parser.error(f"argument --price: applies to bernoulli, not {args.method}")
         if args.post_training and args.method not in ("sbp", "bmrs_n", "bmrs_u"):
             demo_parser.error(f"argument --post-training: applies to sbp, bmrs_n and bmrs_u, not {args.method}")
         import fastbayes as fb
@@ -192,7 +207,8 @@ def main(argv=None) -> int:
         run(args.method, args.model, args.dataset, args.epochs, finetune, args.seed, args.out, args.batch_size,
             args.lr, args.max_train, plots=not args.no_plots, n_particles=args.particles,
             svgd_epochs=args.svgd_epochs, kl=args.kl, gate_lr_factor=args.gate_lr_factor, delta_f=args.delta_f,
-            dense=not args.no_dense, post_training_steps=args.post_training or 0)
+            dense=not args.no_dense, post_training_steps=args.post_training or 0,
+            **({} if args.price is None else {"price": args.price}))
         return 0
     return bench(args)
 

@@ -173,3 +173,38 @@ def test_decide_with_a_huge_price_drops_every_unit_in_transit_and_fails_cleanly(
         decide(model, lambda m: m(xb).sum(), prior_fn=3)
     decide(model, lambda m: F.cross_entropy(m(xb), yb), lambda: prior() / 100)
     assert all(g.theta.eq(0).all() for g in gates.values())
+
+
+def test_decide_drops_only_on_evidence_and_caps_the_drops():
+    """Per-example losses: a unit goes to 0 only when its gradient exceeds z standard errors; max_drop caps how many
+    of a gate's kept units go at once (those with the largest gradient)."""
+    model, gates, x = _gated("mlp")
+    xb, yb = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    gate = gates["layers.0"]
+    loss_fn = lambda m: F.cross_entropy(m(xb), yb, reduction="none")  # noqa: E731
+    prior = CostPrior(model, x, price=1.0)
+    n = 100
+    with torch.no_grad():
+        gate.theta.fill_(0.5)
+    from fastbayes.nn.bernoulli import _forced_differences
+    model.train()
+    diffs = _forced_differences(model, loss_fn, gate, torch.arange(30), per_example=True)
+    g = torch.stack([d.mean() for d in diffs]) + prior.unit_costs()["layers.0"].double() / n
+    se = torch.stack([d.std() / d.numel() ** 0.5 for d in diffs])
+    saved = gate.theta.detach().clone()
+    decide(model, loss_fn, lambda: prior() / n, z=1e9)              # no evidence is ever enough: all kept
+    assert gate.theta.eq(1).all()
+    with torch.no_grad():
+        gate.theta.copy_(saved)
+    decide(model, loss_fn, lambda: prior() / n, z=2.0)
+    assert torch.equal(gate.theta == 0, g > 2 * se)
+    with torch.no_grad():
+        gate.theta.copy_(saved)
+    decide(model, loss_fn, lambda: prior() / n, z=0.0, max_drop=0.1)
+    dropped = (gate.theta == 0).nonzero().flatten()
+    assert dropped.numel() == 3 and set(dropped.tolist()) == set(g.argsort(descending=True)[:3].tolist())
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="max_drop"):
+            decide(model, loss_fn, max_drop=bad)
+    with pytest.raises(ValueError, match="z must"):
+        decide(model, loss_fn, z=-1)

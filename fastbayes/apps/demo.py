@@ -149,11 +149,14 @@ def _accuracy_vs_compression(model, gates, decisions, test, points: int = 12):
     return curve
 
 
+PRICE = 0.01   # "bernoulli": nats per parameter of the cost-aware prior (docs/RESULTS.md §2)
+
+
 def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None = None, epochs: int = 6,
         finetune: int | None = None, seed: int = 0, out: str | Path = "fastbayes-demo", batch_size: int = 128,
         lr: float = 1e-3, max_train: int | None = None, plots: bool = True, quiet: bool = False, *,
         n_particles: int = 8, svgd_epochs: int = 2, kl: str = "mean", gate_lr_factor: float = 10.0,
-        delta_f: str = "code", dense: bool = True, post_training_steps: int = 0) -> dict:
+        delta_f: str = "code", dense: bool = True, post_training_steps: int = 0, price: float = PRICE) -> dict:
     """Train, prune, compact and measure; returns the report dict, also written to ``out/report.json``.
 
     * ``method``: "sbp", "bmrs_n", "bmrs_u" (gated training, masks recomputed every epoch, the last ``finetune``
@@ -166,6 +169,7 @@ def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None 
       docs/METHODS.md §2.1.
     * ``gate_lr_factor``: lr multiplier of the gates' μ and log σ, 10 by default so that log σ moves in ~2 epochs
       instead of ~15 (docs/METHODS.md §1.4).
+    * ``price``: "bernoulli"'s cost-aware prior, nats per parameter over the training set (``CostPrior``).
     * ``delta_f``: ΔF_N of "bmrs_n", "code" (the released code's, +½·log 2π; prunes) or "paper" (exact);
       docs/METHODS.md §2.3.
     * ``post_training_steps`` > 0: BMRS §5 instead of pruning while training: all ``epochs`` train without masks,
@@ -175,7 +179,8 @@ def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None 
 
     Raises ValueError naming the argument for bad values."""
     if method == "bernoulli":
-        return _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_train, plots, quiet, dense)
+        return _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_train, plots, quiet, dense,
+                              price)
     if method == "dllp":
         return _run_dllp(model_name, dataset, epochs, seed, out, batch_size, lr, max_train, plots, quiet,
                          n_particles, svgd_epochs)
@@ -543,17 +548,21 @@ def _plots_dllp(rep: dict, mean_r: dict, out: Path) -> None:
 # method "bernoulli": Bernoulli unit gates pruned physically while training (fastbayes.prune.Shrinker,
 # docs/METHODS.md §3)
 
-# The design and why each setting (docs/METHODS.md §3.2; measured in docs/RESULTS.md §2): θ init 1, σ0 = 0.1·σ1,
-# projected plain SGD on θ with an absolute lr (Adam moved every θ together), no freezing at θ = 1, prior weighted
-# 1/N (use the full training split), and a settle phase with the exact θ gradient so every gate ends at 0 or 1.
-BERNOULLI_OPTIONS = {"init_theta": 1.0, "spike_ratio": 0.1}
+# The design and why each setting (docs/METHODS.md §3.2; measured in docs/RESULTS.md §2): θ init 1, the cost-aware
+# prior price · E[#params] (one knob, nats per parameter over the training set, weighted 1/N), projected plain SGD on
+# θ with an absolute lr (Adam moved every θ together), no freezing at θ = 1, and after every epoch the units still in
+# transit decided by their exact gradient on a fresh batch (``decide``: dropped only on DECIDE_Z standard errors of
+# evidence, at most DECIDE_MAX_DROP of a layer at once), so every gate is 0 or 1 at the end of any epoch.
+BERNOULLI_OPTIONS = {"init_theta": 1.0}
 THETA_LR = 3.0
-SETTLE_STEPS = 200
 SHRINK_EVERY = 50
+DECIDE_BATCH = 512
+DECIDE_Z = 2.0
+DECIDE_MAX_DROP = 0.25
 
 
 def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_train, plots, quiet,
-                   dense=True) -> dict:
+                   dense=True, price=PRICE) -> dict:
     """Train with Bernoulli gates and a ``Shrinker`` (units leave the model while it trains), fold the gates away and
     report the common keys (``*_before``: the network at its starting width; its accuracy is that of the gated
     model, which never ran dense after training), the ``dense_*`` keys of the trained dense baseline, plus
@@ -565,11 +574,14 @@ def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_t
 
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"need epochs >= 1, got {epochs!r}")
+    if isinstance(price, bool) or not isinstance(price, (int, float)) or not (math.isfinite(price) and price >= 0):
+        raise ValueError(f"price must be a finite non-negative number (nats per parameter), got {price!r}")
     out, dataset, train, val, test = _prepare(out, dataset, seed, max_train)
     init_state = torch.get_rng_state()       # the dense baseline is built from the same state: same weights
     model = build(model_name, tuple(train.x.shape[1:]))
     start = build(model_name, tuple(train.x.shape[1:]))    # the starting width, for the "before" measurements
     gates = add_gates(model, kind="bernoulli", **BERNOULLI_OPTIONS)
+    prior = B.CostPrior(model, train.x[:2], price=price)
     total_per_layer = {k: g.num_features for k, g in gates.items()}
     thetas = {id(g.theta) for g in gates.values()}
     opt = torch.optim.Adam([p for p in model.parameters() if id(p) not in thetas], lr)
@@ -578,15 +590,29 @@ def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_t
     n, history, step_ms, units = len(train), [], [], [sum(total_per_layer.values())]
     log = print if not quiet else (lambda *a, **k: None)
     log(f"fastbayes demo: bernoulli on {model_name} / {dataset} ({n} train, {len(val)} val, {len(test)} test), "
-        f"{epochs} epochs, shrink check every {SHRINK_EVERY} steps, backend {backends.default('cpu')}")
+        f"{epochs} epochs, price {price:g} nats/parameter, shrink check every {SHRINK_EVERY} steps, "
+        f"backend {backends.default('cpu')}")
+
+    def decide_in_transit() -> int:
+        """The units still inside (0, 1) set to 0 or 1 by their exact gradient on a fresh batch, then removed."""
+        idx = torch.randint(0, n, (DECIDE_BATCH,))
+        xb, yb = train.x[idx], train.y[idx]
+        model.train()
+        done = B.decide(model, lambda m: F.cross_entropy(m(xb), yb, reduction="none"), lambda: prior() / n,
+                        max_drop=DECIDE_MAX_DROP, z=DECIDE_Z)
+        if shrinker.shrink():
+            theta_opt.param_groups[0]["params"] = [g.theta for g in gates.values()]
+        return sum(done.values())
+
     t_train = time.perf_counter()
+    in_transit = 0
     for epoch in range(epochs):
         model.train()
         perm, times = torch.randperm(n), []
         for i in _progress(range(0, n, batch_size), desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=quiet):
             idx = perm[i:i + batch_size]
             t0 = time.perf_counter()
-            loss = F.cross_entropy(model(train.x[idx]), train.y[idx]) + B.prior_loss(model) / n
+            loss = F.cross_entropy(model(train.x[idx]), train.y[idx]) + prior() / n
             opt.zero_grad(set_to_none=True)
             theta_opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -595,38 +621,16 @@ def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_t
             times.append(1e3 * (time.perf_counter() - t0))     # the step itself; removals are timed apart
             if shrinker.step():    # removals replace θ Parameters (sliced): point the θ optimiser at the new ones
                 theta_opt.param_groups[0]["params"] = [g.theta for g in gates.values()]
+        in_transit = sum(int((g.mask & (g.theta > 0) & (g.theta < 1)).sum()) for g in gates.values())
+        decided = decide_in_transit()
         step_ms.append(statistics.median(times))
         units.append(shrinker.live_units())
         history.append({"epoch": epoch + 1, "val_accuracy": accuracy(model, val), "kept_units": units[-1],
-                        "total_units": units[0], "train_step_ms": step_ms[-1], "per_layer": shrinker.units()})
-        log(f"epoch {epoch + 1}: val acc {history[-1]['val_accuracy']:.4f}, live units {units[-1]}/{units[0]}, "
-            f"median step {step_ms[-1]:.2f} ms")
-    # settle: θ-only projected SGD steps with the weights fixed until no kept θ lies strictly inside (0, 1).  The few
-    # undecided units get the exact two-pass data gradient ℓ(ξ=1) − ℓ(ξ=0) (``exact_theta_grad``): with it the
-    # objective is affine in each θ, whereas the straight-through estimate's bias can hold a θ inside (0, 1)
-    def undecided():
-        return {k: (g.mask & (g.theta > 0) & (g.theta < 1)).nonzero().flatten() for k, g in gates.items()}
-
-    settle_steps, in_transit = 0, sum(len(v) for v in undecided().values())
-    model.train()
-    while settle_steps < SETTLE_STEPS:
-        todo = undecided()
-        if not any(len(v) for v in todo.values()):
-            break
-        idx = torch.randint(0, n, (4 * batch_size,))
-        xb, yb = train.x[idx], train.y[idx]
-        prior = torch.autograd.grad(B.prior_loss(model) / n, [g.theta for g in gates.values()])
-        for (k, g), p_grad in zip(gates.items(), prior):
-            todo_k = todo[k]
-            g.theta.grad = torch.zeros_like(g.theta)
-            if len(todo_k):
-                d = B.exact_theta_grad(model, lambda m: F.cross_entropy(m(xb), yb), g, todo_k)
-                g.theta.grad[todo_k] = d.to(g.theta.dtype) + p_grad[todo_k]
-        theta_opt.step()
-        B.project_gates(model)
-        settle_steps += 1
-    in_transit_after = sum(len(v) for v in undecided().values())
-    log(f"settle: {in_transit} units in transit after training, {in_transit_after} after {settle_steps} θ-only steps")
+                        "total_units": units[0], "train_step_ms": step_ms[-1], "per_layer": shrinker.units(),
+                        "decided": decided, "expected_params": float(prior.cost().detach())})
+        log(f"epoch {epoch + 1}: val acc {history[-1]['val_accuracy']:.4f}, live units {units[-1]}/{units[0]} "
+            f"{history[-1]['per_layer']}, {decided} decided, median step {step_ms[-1]:.2f} ms")
+    in_transit_after = sum(int((g.mask & (g.theta > 0) & (g.theta < 1)).sum()) for g in gates.values())
     train_seconds = time.perf_counter() - t_train
 
     net = hist = dense_seconds = None
@@ -661,9 +665,10 @@ def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_t
                       f"{epochs} epoch(s), batch {batch_size}, Adam lr {lr:g}"),
         "gates_binary": binary, "train_step_ms_start": step_ms[0], "train_step_ms_end": step_ms[-1],
         "train_step_ms_per_epoch": step_ms, "units_per_epoch": units,
-        "gate_options": dict(BERNOULLI_OPTIONS), "theta_optimizer": "SGD", "theta_lr": THETA_LR,
-        "shrinker_freeze": False, "units_in_transit_after_training": in_transit, "settle_steps": settle_steps,
-        "units_in_transit_after_settle": in_transit_after,
+        "gate_options": dict(BERNOULLI_OPTIONS), "prior": "cost", "price": float(price),
+        "decide": {"batch": DECIDE_BATCH, "z": DECIDE_Z, "max_drop": DECIDE_MAX_DROP},
+        "theta_optimizer": "SGD", "theta_lr": THETA_LR, "shrinker_freeze": False,
+        "units_in_transit_after_training": in_transit, "units_in_transit_at_end": in_transit_after,
         "shrink_events": [h for h in shrinker.history if h["removed"]],
     }
     (out / "report.json").write_text(json.dumps(rep, indent=2))

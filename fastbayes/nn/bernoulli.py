@@ -416,45 +416,78 @@ def exact_theta_grad(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tens
         idx = torch.as_tensor(units, dtype=torch.long).reshape(-1).cpu()
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= gate.num_features):
             raise ValueError(f"units must index the gate's {gate.num_features} units, got {idx.tolist()}")
+    diffs = _forced_differences(model, loss_fn, gate, idx, per_example=False)
+    return torch.stack(diffs).to(dev) if diffs else torch.empty(0, dtype=torch.float64, device=dev)
+
+
+def _forced_differences(model: nn.Module, loss_fn, gate: BernoulliGate, idx: torch.Tensor,
+                        per_example: Optional[bool]) -> list[torch.Tensor]:
+    """ℓ(ξ_i = 1) − ℓ(ξ_i = 0) (float64, CPU) for each unit i in ``idx``, every other gate drawing the same ξ in both
+    evaluations (torch's RNG state restored before each, and left as it was).  ``per_example`` True: ``loss_fn``
+    returns one loss per example (``reduction="none"``) and so does the difference; False: a scalar; None: either."""
+    dev = gate.theta.device
     cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
-    out = torch.empty(idx.numel(), dtype=torch.float64)
+    out = []
     with torch.no_grad(), torch.random.fork_rng(devices=cuda):
         cpu_state = torch.get_rng_state()
         cuda_state = [torch.cuda.get_rng_state(d) for d in cuda]
 
-        def evaluate(i: int, value: float) -> float:
+        def evaluate(i: int, value: float) -> torch.Tensor:
             torch.set_rng_state(cpu_state)
             for d, st in zip(cuda, cuda_state):
                 torch.cuda.set_rng_state(st, d)
             with gate.forced(i, value):
                 loss = loss_fn(model)
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                raise ValueError("loss_fn must return a scalar tensor")
-            return float(loss)
+            ok = isinstance(loss, torch.Tensor) and (loss.numel() == 1 if per_example is False else
+                                                     loss.dim() == 1 if per_example else loss.dim() <= 1)
+            if not ok:
+                raise ValueError("loss_fn must return " + {False: "a scalar tensor",
+                                                           True: "one loss per example (a 1-d tensor)",
+                                                           None: "a scalar or one loss per example"}[per_example])
+            return loss.detach().double().cpu().reshape(() if per_example is False else -1)
 
-        for j, i in enumerate(idx.tolist()):
-            out[j] = evaluate(i, 1.0) - evaluate(i, 0.0)
-    return out.to(dev)
+        for i in idx.tolist():
+            out.append(evaluate(i, 1.0) - evaluate(i, 0.0))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # deciding the units in transit
 
 def decide(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor],
-           prior_fn: Optional[Callable[[], torch.Tensor]] = None) -> dict[str, int]:
+           prior_fn: Optional[Callable[[], torch.Tensor]] = None, *, max_drop: Optional[float] = None,
+           z: float = 2.0) -> dict[str, int]:
     """Set every kept unit still in transit (0 < θ < 1) to θ = 0 or 1 by the sign of its exact gradient.
 
     The objective is affine in each θ_i, so its minimum along θ_i sits at 0 when
-    ∂/∂θ_i = [ℓ(ξ_i = 1) − ℓ(ξ_i = 0)] + ∂prior/∂θ_i > 0 and at 1 otherwise; the data part comes from
-    ``exact_theta_grad`` (two evaluations of ``loss_fn(model)`` per unit), the prior part from autograd on
-    ``prior_fn()`` (the prior term as it enters the mean loss, e.g. ``lambda: prior() / n_train``; None: no prior).
+    ∂/∂θ_i = [ℓ(ξ_i = 1) − ℓ(ξ_i = 0)] + ∂prior/∂θ_i > 0 and at 1 otherwise; the data part is the exact two-pass
+    difference (as ``exact_theta_grad``: two evaluations of ``loss_fn(model)`` per unit, the other gates' draws
+    shared), the prior part from autograd on ``prior_fn()`` (the prior term as it enters the mean loss, e.g.
+    ``lambda: prior() / n_train``; None: no prior).
+
+    ``loss_fn`` returns the loss of each example of one batch (``reduction="none"``): a unit goes to 0 only when its
+    gradient exceeds ``z`` standard errors of the batch's mean difference, since a removal is permanent and a
+    batch's noise would otherwise prune units at random, a few at every call (a slow erosion of the network).  A
+    unit without that evidence goes to 1 and is judged again later.  A scalar loss (no standard error) decides by
+    the sign alone.
     The straight-through estimate that trains θ is biased and can hold a unit inside (0, 1) for good, where it acts
     as dropout; deciding after every epoch, and at the end, leaves every gate at exactly 0 or 1 after a run of any
     length.  A unit set to 0 is removed by the next ``Shrinker`` check; one set to 1 stays trainable.  Every
     decision is computed before any θ changes, so a failing ``loss_fn`` leaves the model as it was.
 
+    ``max_drop``: at most this fraction of a gate's kept units goes to 0 in one call, those with the largest
+    gradient; the others are set to 1 and judged again later.  Each gradient is taken with every other unit in
+    place, so dropping many units at once overshoots when they stand in for each other (a wide layer whose units are
+    each dispensable alone but not together); pruning is permanent, so a cap turns one greedy jump into steps that
+    training can correct between.  None: no cap.
+
     Returns {gate name: units decided}.
     """
+    if max_drop is not None and (isinstance(max_drop, bool) or not isinstance(max_drop, (int, float))
+                                 or not 0 < max_drop <= 1):
+        raise ValueError(f"max_drop must be None or a fraction in (0, 1], got {max_drop!r}")
+    if isinstance(z, bool) or not isinstance(z, (int, float)) or not (math.isfinite(z) and z >= 0):
+        raise ValueError(f"z must be a finite non-negative number (standard errors), got {z!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not callable(loss_fn):
@@ -478,10 +511,20 @@ def decide(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor],
         prior_grads = {k: g for k, g in zip(todo, grads) if g is not None}
     keep = {}
     for k, idx in todo.items():
-        d = exact_theta_grad(model, loss_fn, found[k], idx)
+        diffs = _forced_differences(model, loss_fn, found[k], idx, per_example=None)
+        d = torch.stack([x.mean() for x in diffs])
+        se = torch.stack([x.std() / math.sqrt(x.numel()) if x.numel() > 1 else torch.zeros((), dtype=x.dtype)
+                          for x in diffs])
         if k in prior_grads:
-            d = d + prior_grads[k][idx].to(d.dtype)
-        keep[k] = d < 0
+            d = d + prior_grads[k][idx].double().cpu()
+        keep[k] = ~(d > z * se)
+        if max_drop is not None:
+            cap = math.ceil(max_drop * int(found[k].mask.sum()))
+            drop = (~keep[k]).nonzero().flatten()
+            if drop.numel() > cap:      # drop the `cap` with the largest gradient, defer the rest
+                worst = drop[d[drop].argsort(descending=True)[:cap]]
+                keep[k] = torch.ones_like(keep[k])
+                keep[k][worst] = False
     with torch.no_grad():
         for k, idx in todo.items():
             found[k].theta[idx] = keep[k].to(found[k].theta.dtype)
