@@ -556,8 +556,8 @@ def _plots_dllp(rep: dict, mean_r: dict, out: Path) -> None:
 BERNOULLI_OPTIONS = {"init_theta": 1.0}
 THETA_LR = 3.0
 SHRINK_EVERY = 50
-DECIDE_BATCH = 512
-DECIDE_Z = 2.0
+DECIDE_BATCH = 1024
+DECIDE_Z = 3.0
 DECIDE_MAX_DROP = 0.25
 
 
