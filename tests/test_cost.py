@@ -208,3 +208,16 @@ def test_decide_drops_only_on_evidence_and_caps_the_drops():
             decide(model, loss_fn, max_drop=bad)
     with pytest.raises(ValueError, match="z must"):
         decide(model, loss_fn, z=-1)
+
+
+def test_decide_judges_at_most_max_units_per_gate():
+    model, gates, x = _gated("mlp")
+    xb, yb = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    gate = gates["layers.0"]
+    with torch.no_grad():
+        gate.theta.fill_(0.5)
+    out = decide(model, lambda m: F.cross_entropy(m(xb), yb, reduction="none"), max_units=7)
+    assert out == {"layers.0": 7}
+    assert int(((gate.theta == 0) | (gate.theta == 1)).sum()) == 7 and int((gate.theta == 0.5).sum()) == 23
+    with pytest.raises(ValueError, match="max_units"):
+        decide(model, lambda m: m(xb).sum(), max_units=0)

@@ -552,13 +552,15 @@ def _plots_dllp(rep: dict, mean_r: dict, out: Path) -> None:
 # prior price · E[#params] (one knob, nats per parameter over the training set, weighted 1/N), projected plain SGD on
 # θ with an absolute lr (Adam moved every θ together), no freezing at θ = 1, and after every epoch the units still in
 # transit decided by their exact gradient on a fresh batch (``decide``: dropped only on DECIDE_Z standard errors of
-# evidence, at most DECIDE_MAX_DROP of a layer at once), so every gate is 0 or 1 at the end of any epoch.
+# evidence, at most DECIDE_MAX_DROP of a layer at once, at most DECIDE_MAX_UNITS judged per gate but every one
+# after the last epoch), so every gate is 0 or 1 at the end of the run.
 BERNOULLI_OPTIONS = {"init_theta": 1.0}
 THETA_LR = 3.0
 SHRINK_EVERY = 50
-DECIDE_BATCH = 1024
-DECIDE_Z = 3.0
+DECIDE_BATCH = 512
+DECIDE_Z = 2.0
 DECIDE_MAX_DROP = 0.25
+DECIDE_MAX_UNITS = 128   # units judged per gate and epoch (two forwards of DECIDE_BATCH each); all in the last
 
 
 def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_train, plots, quiet,
@@ -593,13 +595,13 @@ def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_t
         f"{epochs} epochs, price {price:g} nats/parameter, shrink check every {SHRINK_EVERY} steps, "
         f"backend {backends.default('cpu')}")
 
-    def decide_in_transit() -> int:
+    def decide_in_transit(last: bool) -> int:
         """The units still inside (0, 1) set to 0 or 1 by their exact gradient on a fresh batch, then removed."""
         idx = torch.randint(0, n, (DECIDE_BATCH,))
         xb, yb = train.x[idx], train.y[idx]
         model.train()
         done = B.decide(model, lambda m: F.cross_entropy(m(xb), yb, reduction="none"), lambda: prior() / n,
-                        max_drop=DECIDE_MAX_DROP, z=DECIDE_Z)
+                        max_drop=DECIDE_MAX_DROP, z=DECIDE_Z, max_units=None if last else DECIDE_MAX_UNITS)
         if shrinker.shrink():
             theta_opt.param_groups[0]["params"] = [g.theta for g in gates.values()]
         return sum(done.values())
@@ -622,7 +624,7 @@ def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_t
             if shrinker.step():    # removals replace θ Parameters (sliced): point the θ optimiser at the new ones
                 theta_opt.param_groups[0]["params"] = [g.theta for g in gates.values()]
         in_transit = sum(int((g.mask & (g.theta > 0) & (g.theta < 1)).sum()) for g in gates.values())
-        decided = decide_in_transit()
+        decided = decide_in_transit(last=epoch == epochs - 1)
         step_ms.append(statistics.median(times))
         units.append(shrinker.live_units())
         history.append({"epoch": epoch + 1, "val_accuracy": accuracy(model, val), "kept_units": units[-1],
@@ -666,7 +668,7 @@ def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_t
         "gates_binary": binary, "train_step_ms_start": step_ms[0], "train_step_ms_end": step_ms[-1],
         "train_step_ms_per_epoch": step_ms, "units_per_epoch": units,
         "gate_options": dict(BERNOULLI_OPTIONS), "prior": "cost", "price": float(price),
-        "decide": {"batch": DECIDE_BATCH, "z": DECIDE_Z, "max_drop": DECIDE_MAX_DROP},
+        "decide": {"batch": DECIDE_BATCH, "z": DECIDE_Z, "max_drop": DECIDE_MAX_DROP, "max_units": DECIDE_MAX_UNITS},
         "theta_optimizer": "SGD", "theta_lr": THETA_LR, "shrinker_freeze": False,
         "units_in_transit_after_training": in_transit, "units_in_transit_at_end": in_transit_after,
         "shrink_events": [h for h in shrinker.history if h["removed"]],

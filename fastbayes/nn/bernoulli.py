@@ -456,7 +456,7 @@ def _forced_differences(model: nn.Module, loss_fn, gate: BernoulliGate, idx: tor
 
 def decide(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor],
            prior_fn: Optional[Callable[[], torch.Tensor]] = None, *, max_drop: Optional[float] = None,
-           z: float = 2.0) -> dict[str, int]:
+           z: float = 2.0, max_units: Optional[int] = None) -> dict[str, int]:
     """Set every kept unit still in transit (0 < θ < 1) to θ = 0 or 1 by the sign of its exact gradient.
 
     The objective is affine in each θ_i, so its minimum along θ_i sits at 0 when
@@ -481,6 +481,10 @@ def decide(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor],
     each dispensable alone but not together); pruning is permanent, so a cap turns one greedy jump into steps that
     training can correct between.  None: no cap.
 
+    ``max_units``: judge at most this many of a gate's units in transit per call, a random subset (torch's
+    generator); the others keep their θ until a later call.  Each judged unit costs two evaluations of ``loss_fn``,
+    so this bounds a call's cost; leave it None for the last call of a run, so that every gate ends binary.
+
     Returns {gate name: units decided}.
     """
     if max_drop is not None and (isinstance(max_drop, bool) or not isinstance(max_drop, (int, float))
@@ -497,8 +501,13 @@ def decide(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor],
     found = bernoulli_gates(model)
     if not found:
         raise ValueError("model has no BernoulliGate: call fastbayes.add_gates(model, kind='bernoulli') first")
+    if max_units is not None and (isinstance(max_units, bool) or not isinstance(max_units, int) or max_units < 1):
+        raise ValueError(f"max_units must be None or a positive integer, got {max_units!r}")
     todo = {k: (g.mask & ~g.frozen & (g.theta > 0) & (g.theta < 1)).nonzero().flatten() for k, g in found.items()}
     todo = {k: v for k, v in todo.items() if v.numel()}
+    if max_units is not None:
+        todo = {k: (v if v.numel() <= max_units else v[torch.randperm(v.numel())[:max_units].sort().values])
+                for k, v in todo.items()}
     if not todo:
         return {}
     prior_grads = {}
