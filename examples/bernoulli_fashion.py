@@ -7,9 +7,10 @@ report.json (same epochs and price) are skipped; two runs at a time, one thread 
 
 Each run is ``fastbayes demo --method bernoulli --model MODEL --seed SEED --epochs E --price P`` on the full 48k
 training split (``OUT/MODEL-sSEED/report.json``, plots for the first seed).  ``OUT/summary.json`` and
-``OUT/summary.md`` are rebuilt from every report.json on disk: final widths per layer, their spread across the runs
-of a model family, accuracy against the dense baseline, binary gates, training wall time against dense, and the
-epoch after which no width changed any more.
+``OUT/summary.md`` are rebuilt from every report.json on disk (``--summarize`` does only that): final widths per
+layer, their spread across the runs, accuracy against the dense baseline, binary gates, training wall time against
+dense, and the epoch after which no width changed any more; ``OUT/widths.png`` plots every run's widths per epoch
+and its step time against its live units.
 """
 import argparse
 import json
@@ -75,7 +76,38 @@ def summarize(out: Path) -> list[dict]:
             lines.append(f"layer {i}: widths {min(w)}–{max(w)} over {len(w)} runs, mean {statistics.mean(w):.1f}: "
                          f"±{100 * (max(w) - mid) / mid:.1f} % around the midpoint")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
+    if rows:
+        plot(out)
     return rows
+
+
+def plot(out: Path) -> None:
+    """OUT/widths.png: every run's width per layer after each epoch (log scale), coloured by starting width; and the
+    median train step per epoch beside its live units."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    reports = [json.loads(f.read_text()) for f in sorted(out.glob("*/report.json"))]
+    starts = sorted({tuple(r["total_per_layer"].values()) for r in reports})
+    colours = dict(zip(starts, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    n_layers = max(len(r["total_per_layer"]) for r in reports)
+    fig, axes = plt.subplots(1, n_layers + 1, figsize=(5 * (n_layers + 1), 4))
+    for r in reports:
+        c = colours[tuple(r["total_per_layer"].values())]
+        label = f"{'-'.join(map(str, r['total_per_layer'].values()))} s{r['seed']}"
+        for i, name in enumerate(r["total_per_layer"]):
+            w = [r["total_per_layer"][name]] + [h["per_layer"][name] for h in r["history"]]
+            axes[i].plot(range(len(w)), w, color=c, alpha=0.8, label=label)
+        axes[-1].plot(r["units_per_epoch"][1:], r["train_step_ms_per_epoch"], "o-", color=c, alpha=0.8, ms=3)
+    for i, name in enumerate(reports[0]["total_per_layer"]):
+        axes[i].set(yscale="log", xlabel="epoch", ylabel="kept units", title=f"layer {name}")
+    axes[0].legend(fontsize=7)
+    axes[-1].set(xscale="log", xlabel="live units", ylabel="median train step (ms)",
+                 title="step time against live units (each epoch)")
+    fig.suptitle(f"Bernoulli gates, cost prior (price {reports[0]['price']:g}): widths from every start")
+    fig.tight_layout()
+    fig.savefig(out / "widths.png", dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None):
@@ -86,8 +118,13 @@ def main(argv=None):
     p.add_argument("--price", type=float, default=0.01)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/bernoulli_cost"))
+    p.add_argument("--summarize", action="store_true", help="only rebuild OUT/summary.* and OUT/widths.png")
     a = p.parse_args(argv)
     out = Path(a.out)
+    if a.summarize:
+        summarize(out)
+        print((out / "summary.md").read_text())
+        return
     (out / "logs").mkdir(parents=True, exist_ok=True)
     todo = [(m, s) for s in a.seeds for m in a.models if not done(out / f"{m}-s{s}", a.epochs, a.price)]
     print(f"{len(todo)} runs to do, {a.jobs} at a time", flush=True)
