@@ -141,15 +141,19 @@ def test_decide_sets_units_in_transit_by_the_exact_gradient():
     gate = gates["layers.1"]
     with torch.no_grad():
         gate.theta[:5] = 0.5
-        gate.theta[5] = 0.0          # not in transit: stays
+        gate.theta[5] = 0.0          # reached 0 by training: only a candidate, judged like the others
+        gate.mask[6] = False         # masked (removed): not judged
+        gate.theta[6] = 0.0
     model.train()
     loss_fn = lambda m: F.cross_entropy(m(xb), yb)  # noqa: E731
     # the rule by hand: data part by exact_theta_grad, prior part price · cost / n
-    d = exact_theta_grad(model, loss_fn, gate, torch.arange(5)) + prior.unit_costs()["layers.1"][:5].double() / n
+    d = exact_theta_grad(model, loss_fn, gate, torch.arange(6)) + prior.unit_costs()["layers.1"][:6].double() / n
     out = decide(model, loss_fn, lambda: prior() / n)
-    assert out == {"layers.1": 5}
-    assert torch.equal(gate.theta[:5], (d < 0).to(gate.theta.dtype))
-    assert gate.theta[5].item() == 0.0 and gate.theta[6:].eq(1).all()
+    assert out == {"layers.1": 6}
+    assert torch.equal(gate.theta[:6], (d < 0).to(gate.theta.dtype))
+    assert gate.theta[6].item() == 0.0 and gate.theta[7:].eq(1).all()
+    with torch.no_grad():
+        gate.mask[:6] &= gate.theta[:6] == 1    # what the next shrink() does with the units set to 0
     assert decide(model, loss_fn, lambda: prior() / n) == {}        # nothing left in transit
 
 

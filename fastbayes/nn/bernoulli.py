@@ -457,7 +457,7 @@ def _forced_differences(model: nn.Module, loss_fn, gate: BernoulliGate, idx: tor
 def decide(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor],
            prior_fn: Optional[Callable[[], torch.Tensor]] = None, *, max_drop: Optional[float] = None,
            z: float = 2.0, max_units: Optional[int] = None) -> dict[str, int]:
-    """Set every kept unit still in transit (0 < θ < 1) to θ = 0 or 1 by the sign of its exact gradient.
+    """Set every kept unit not at θ = 1 (0 ≤ θ < 1, masked units aside) to θ = 0 or 1 by its exact gradient.
 
     The objective is affine in each θ_i, so its minimum along θ_i sits at 0 when
     ∂/∂θ_i = [ℓ(ξ_i = 1) − ℓ(ξ_i = 0)] + ∂prior/∂θ_i > 0 and at 1 otherwise; the data part is the exact two-pass
@@ -470,10 +470,14 @@ def decide(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor],
     batch's noise would otherwise prune units at random, a few at every call (a slow erosion of the network).  A
     unit without that evidence goes to 1 and is judged again later.  A scalar loss (no standard error) decides by
     the sign alone.
-    The straight-through estimate that trains θ is biased and can hold a unit inside (0, 1) for good, where it acts
-    as dropout; deciding after every epoch, and at the end, leaves every gate at exactly 0 or 1 after a run of any
-    length.  A unit set to 0 is removed by the next ``Shrinker`` check; one set to 1 stays trainable.  Every
-    decision is computed before any θ changes, so a failing ``loss_fn`` leaves the model as it was.
+    The straight-through estimate that trains θ is biased: it can hold a unit inside (0, 1) for good, where it acts
+    as dropout, and it can take a unit to θ = 0 whose removal the exact difference shows to be costly (it is a
+    first-order estimate; the last channels of a layer are the extreme case).  So θ = 0 reached by training is only
+    a candidate: this call judges it like any unit in transit, and a ``Shrinker`` should remove units only after
+    it (``Shrinker(every=...)`` large, ``shrink()`` after each call).  Deciding after every epoch, and at the end,
+    leaves every gate at exactly 0 or 1 after a run of any length.  A unit set to 0 is masked and removed by the
+    next ``shrink()``; one set to 1 stays trainable.  Every decision is computed before any θ changes, so a failing
+    ``loss_fn`` leaves the model as it was.
 
     ``max_drop``: at most this fraction of a gate's kept units goes to 0 in one call, those with the largest
     gradient; the others are set to 1 and judged again later.  Each gradient is taken with every other unit in
@@ -503,7 +507,7 @@ def decide(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor],
         raise ValueError("model has no BernoulliGate: call fastbayes.add_gates(model, kind='bernoulli') first")
     if max_units is not None and (isinstance(max_units, bool) or not isinstance(max_units, int) or max_units < 1):
         raise ValueError(f"max_units must be None or a positive integer, got {max_units!r}")
-    todo = {k: (g.mask & ~g.frozen & (g.theta > 0) & (g.theta < 1)).nonzero().flatten() for k, g in found.items()}
+    todo = {k: (g.mask & ~g.frozen & (g.theta < 1)).nonzero().flatten() for k, g in found.items()}
     todo = {k: v for k, v in todo.items() if v.numel()}
     if max_units is not None:
         todo = {k: (v if v.numel() <= max_units else v[torch.randperm(v.numel())[:max_units].sort().values])
