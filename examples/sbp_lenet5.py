@@ -76,6 +76,12 @@ def main(argv=None):
     model = build("lenet5")
     half = a.sbp // 2  # constant lr for the first half, then linear decay to 0 (SBP: 100 + 100 of 200 epochs)
 
+    # the arguments a checkpoint must share to be resumed
+    args = {k: getattr(a, k) for k in ("pretrain", "sbp", "lr", "gate_lr_factor", "seed", "subset")}
+
+    def pretrain_optimizer(m):
+        return torch.optim.Adam(m.parameters(), a.lr, betas=(0.95, 0.999))
+
     def sbp_optimizer(m):
         return torch.optim.Adam(fb.nn.param_groups(m, a.lr, a.gate_lr_factor), a.lr, betas=(0.95, 0.999))
 
@@ -85,22 +91,20 @@ def main(argv=None):
     run = {"phase": "pretrain", "epoch": 0, "seconds": 0.0}
     if state_path.exists():
         saved = torch.load(state_path, weights_only=True)["extra"]
-        if saved["args"] != {k: getattr(a, k) for k in ("pretrain", "sbp", "lr", "gate_lr_factor", "seed", "subset")}:
+        if saved["args"] != args:
             raise SystemExit(f"{state_path} was written with other arguments {saved['args']}: remove it to start over")
-        ck = fb.checkpoint.load(state_path, model, torch.optim.Adam(model.parameters(), a.lr, betas=(0.95, 0.999))
-                                if saved["phase"] == "pretrain" else sbp_optimizer)
+        ck = fb.checkpoint.load(state_path, model, pretrain_optimizer if saved["phase"] == "pretrain" else sbp_optimizer)
         opt, run = ck.optimizer, ck.extra
         torch.set_rng_state(run["rng"])
         print(f"resumed from {state_path}: {run['phase']} epoch {run['epoch']}", flush=True)
     else:
-        opt = torch.optim.Adam(model.parameters(), a.lr, betas=(0.95, 0.999))
+        opt = pretrain_optimizer(model)
     t0 = time.perf_counter() - run["seconds"]
 
     def checkpoint(phase, sched=None):
         def on_epoch(epoch):
             run.update(phase=phase, epoch=epoch, seconds=time.perf_counter() - t0, rng=torch.get_rng_state(),
-                       args={k: getattr(a, k) for k in ("pretrain", "sbp", "lr", "gate_lr_factor", "seed", "subset")},
-                       sched=sched.state_dict() if sched is not None else None)
+                       args=args, sched=sched.state_dict() if sched is not None else None)
             tmp = state_path.with_suffix(".tmp")
             fb.checkpoint.save(tmp, model, opt, **run)
             tmp.replace(state_path)  # a run killed mid-write keeps the previous epoch's state

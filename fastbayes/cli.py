@@ -112,24 +112,22 @@ def _int_at_least(lo: int):
     return parse
 
 
-def _nonnegative_float(text: str) -> float:
+def _finite_float(text: str, zero_ok: bool) -> float:
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    if not (math.isfinite(v) and (v >= 0 if zero_ok else v > 0)):
+        raise argparse.ArgumentTypeError(f"must be a finite number {'>=' if zero_ok else '>'} 0, got {text!r}")
     return v
+
+
+def _nonnegative_float(text: str) -> float:
+    return _finite_float(text, zero_ok=True)
 
 
 def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return v
+    return _finite_float(text, zero_ok=False)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -571,12 +571,12 @@ def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_t
     import statistics
 
     from ..nn import bernoulli as B
+    from ..nn.cost import check_price
     from ..prune import Shrinker
 
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"need epochs >= 1, got {epochs!r}")
-    if isinstance(price, bool) or not isinstance(price, (int, float)) or not (math.isfinite(price) and price >= 0):
-        raise ValueError(f"price must be a finite non-negative number (nats per parameter), got {price!r}")
+    price = check_price(price)       # before _prepare writes anything
     out, dataset, train, val, test = _prepare(out, dataset, seed, max_train)
     init_state = torch.get_rng_state()       # the dense baseline is built from the same state: same weights
     model = build(model_name, tuple(train.x.shape[1:]))
@@ -596,6 +596,9 @@ def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_t
         f"{epochs} epochs, price {price:g} nats/parameter, units decided and removed after every epoch, "
         f"backend {backends.default('cpu')}")
 
+    def in_transit() -> int:
+        return sum(int((g.mask & (g.theta < 1)).sum()) for g in gates.values())
+
     def decide_in_transit(last: bool) -> int:
         """The units still inside (0, 1) set to 0 or 1 by their exact gradient on a fresh batch, then removed."""
         idx = torch.randint(0, n, (DECIDE_BATCH,))
@@ -608,7 +611,7 @@ def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_t
         return sum(done.values())
 
     t_train = time.perf_counter()
-    in_transit = 0
+    in_transit_after_training = 0
     for epoch in range(epochs):
         model.train()
         perm, times = torch.randperm(n), []
@@ -624,7 +627,7 @@ def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_t
             times.append(1e3 * (time.perf_counter() - t0))     # the step itself; removals are timed apart
             if shrinker.step():    # removals replace θ Parameters (sliced): point the θ optimiser at the new ones
                 theta_opt.param_groups[0]["params"] = [g.theta for g in gates.values()]
-        in_transit = sum(int((g.mask & (g.theta < 1)).sum()) for g in gates.values())
+        in_transit_after_training = in_transit()
         decided = decide_in_transit(last=epoch == epochs - 1)
         step_ms.append(statistics.median(times))
         units.append(shrinker.live_units())
@@ -633,7 +636,7 @@ def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_t
                         "decided": decided, "expected_params": float(prior.cost().detach())})
         log(f"epoch {epoch + 1}: val acc {history[-1]['val_accuracy']:.4f}, live units {units[-1]}/{units[0]} "
             f"{history[-1]['per_layer']}, {decided} decided, median step {step_ms[-1]:.2f} ms")
-    in_transit_after = sum(int((g.mask & (g.theta < 1)).sum()) for g in gates.values())
+    in_transit_after = in_transit()
     train_seconds = time.perf_counter() - t_train
 
     net = hist = dense_seconds = None
@@ -671,7 +674,7 @@ def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_t
         "gate_options": dict(BERNOULLI_OPTIONS), "prior": "cost", "price": float(price),
         "decide": {"batch": DECIDE_BATCH, "z": DECIDE_Z, "max_drop": DECIDE_MAX_DROP, "max_units": DECIDE_MAX_UNITS},
         "theta_optimizer": "SGD", "theta_lr": THETA_LR, "shrinker_freeze": False,
-        "units_in_transit_after_training": in_transit, "units_in_transit_at_end": in_transit_after,
+        "units_in_transit_after_training": in_transit_after_training, "units_in_transit_at_end": in_transit_after,
         "shrink_events": [h for h in shrinker.history if h["removed"]],
     }
     (out / "report.json").write_text(json.dumps(rep, indent=2))

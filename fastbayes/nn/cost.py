@@ -168,6 +168,13 @@ class ParamCost:
                 zip(((k, g.theta) for k, g in found.items()), grads)}
 
 
+def check_price(price) -> float:
+    """``price`` as a float, or ValueError: a finite non-negative number of nats per parameter."""
+    if isinstance(price, bool) or not isinstance(price, (int, float)) or not (math.isfinite(price) and price >= 0):
+        raise ValueError(f"price must be a finite non-negative number (nats per parameter), got {price!r}")
+    return float(price)
+
+
 class CostPrior:
     """``price · E_q[#params]``: the prior of Bernoulli unit gates tied to the cost of the structure (our reading of
     Guenter & Sideris's cost-aware regularisation, docs/METHODS.md §3.2).
@@ -185,10 +192,8 @@ class CostPrior:
     """
 
     def __init__(self, model: nn.Module, example_inputs, price: float = 0.01):
-        if isinstance(price, bool) or not isinstance(price, (int, float)) or not (math.isfinite(price) and price >= 0):
-            raise ValueError(f"price must be a finite non-negative number (nats per parameter), got {price!r}")
+        self.price = check_price(price)
         self.cost = ParamCost(model, example_inputs)
-        self.price = float(price)
 
     @property
     def model(self) -> nn.Module:
