@@ -29,7 +29,7 @@ def _with_cuda():
 
 
 def _extension():
-    sources = ["csrc/bind.cpp", *_rel("csrc/cpu/*.cpp")]
+    sources = ["csrc/bind.cpp", "csrc/autograd.cpp", *_rel("csrc/cpu/*.cpp")]
     # -g0 last: it cancels the -g that Python's CFLAGS put in front (debug info doubles the compile time)
     cxx = ["-O3", "-fopenmp", "-g0"]
     kwargs = dict(include_dirs=[os.path.join(HERE, "csrc", "include")], extra_link_args=["-fopenmp"])

@@ -194,6 +194,12 @@ def _compiled_ops(backend: str) -> dict[str, Callable]:
             if torch._C._dispatch_has_kernel_for_dispatch_key(f"fastbayes_C::{n}", key)}
 
 
+def compiled(backend: str) -> bool:
+    """Whether ``backend`` is the compiled extension, whose ops carry their own autograd kernels in C++
+    (csrc/autograd.cpp): the eager hot path calls them through ``torch.ops`` with no Python Function around them."""
+    return backend in _COMPILED_KEY
+
+
 def ops_of(backend: str) -> dict[str, Callable]:
     """{op name: implementation} that ``backend`` provides (empty when the backend is unavailable)."""
     _check_name(backend)

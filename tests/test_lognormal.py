@@ -208,3 +208,47 @@ def test_boundary_uniforms_stay_finite(monkeypatch, u_value):
         y = ref_mod.lognormal_noise(x.to(dt), mu, ls, None, -20.0, 0.0, 1, "element", 0, 0)
         grads = ref_mod.lognormal_noise_backward(torch.ones_like(y), x.to(dt), mu, ls, None, -20.0, 0.0, 1, "element", 0, 0)
         assert torch.isfinite(y).all() and all(torch.isfinite(g).all() for g in grads)
+
+
+def _compiled_or_skip():
+    if not fb.backends.available()["cpu"]:
+        pytest.skip("the compiled extension is not built")
+
+
+@pytest.mark.parametrize("gran", GRANS)
+def test_cpp_autograd_gradcheck(gran):
+    """The eager path on the compiled backend has its autograd in C++ (csrc/autograd.cpp): finite differences."""
+    _compiled_or_skip()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 5, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    mu = (torch.randn(5, generator=gen, dtype=torch.float64) - 2).requires_grad_()
+    ls = (torch.randn(5, generator=gen, dtype=torch.float64) * 0.5 - 1).requires_grad_()
+    mask = torch.tensor([True, True, False, True, True])
+    with fb.backends.use("cpu"):
+        y = fb.ops.lognormal_noise(x, mu, ls, granularity=gran, mask=mask, seed=3, offset=5)
+        assert type(y.grad_fn).__name__ == "CppFunction"     # not the Python Function of the other backends
+        f = lambda x_, m_, l_: fb.ops.lognormal_noise(x_, m_, l_, granularity=gran, mask=mask, seed=3, offset=5)
+        assert torch.autograd.gradcheck(f, (x, mu, ls))
+
+
+@pytest.mark.parametrize("gran", GRANS)
+def test_cpp_autograd_equals_python_function(monkeypatch, gran):
+    """Same kernels under either autograd: the C++ node and the Python Function give the same bits."""
+    _compiled_or_skip()
+    gen = torch.Generator().manual_seed(2)
+    x, mu, ls = _case((6, 9, 4), 1, gen)
+    mask = torch.rand(9, generator=gen) > 0.3
+    gy = torch.randn(6, 9, 4, generator=gen)
+
+    def run():
+        xx, m, l = (t.clone().requires_grad_() for t in (x, mu, ls))
+        with fb.backends.use("cpu"):
+            y = fb.ops.lognormal_noise(xx, m, l, mask=mask, granularity=gran, seed=5, offset=3)
+            y.backward(gy)
+        return y.detach(), xx.grad, m.grad, l.grad
+
+    cpp = run()
+    monkeypatch.setattr(fb.backends, "compiled", lambda name: False)
+    py = run()
+    for a, b in zip(cpp, py):
+        assert torch.equal(a, b)

@@ -262,3 +262,63 @@ def test_eval_cache_is_not_copied():
     c = copy.deepcopy(g)
     torch.testing.assert_close(c(x), g(x))
     torch.testing.assert_close(pickle.loads(pickle.dumps(g))(x), g(x))
+
+
+def _kl_case(dtype=torch.float64, ls_dtype=None):
+    m = MLP((8, 6, 5, 3))
+    gates = fb.add_gates(m, kl_weight={"layers.0": 0.7})
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for g in gates.values():
+            g.to(dtype)
+            g.mu.copy_(torch.randn(g.mu.shape, generator=gen) * 3 - 2)
+            g.log_sigma.copy_(torch.randn(g.log_sigma.shape, generator=gen) * 3)
+            g.log_sigma[0], g.log_sigma[1] = 7.0, -25.0       # outside the forward clamp [-20, 5]: no gradient
+            if ls_dtype is not None:
+                g.log_sigma.data = g.log_sigma.data.to(ls_dtype)
+    gates["layers.1"].a = -12.0                               # a second (a, b) group
+    return m, gates
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("dtypes", [(torch.float32, None), (torch.float64, torch.float32)])
+def test_kl_loss_cpp_node_equals_composite(monkeypatch, reduction, dtypes):
+    """On the compiled backend kl_loss is one C++ autograd node (csrc/autograd.cpp); the composite of cat, clamp,
+    gate_stats and dot on the reference backend is the oracle, and the compiled composite must give the same bits."""
+    if not fb.backends.available()["cpu"]:
+        pytest.skip("the compiled extension is not built")
+    m, gates = _kl_case(*dtypes)
+
+    def run(backend):
+        for g in gates.values():
+            g.mu.grad = g.log_sigma.grad = None
+        with fb.backends.use(backend):
+            k = fb.kl_loss(m, reduction)
+            (3.0 * k).backward()
+        return [k.detach()] + [t.grad.clone() for g in gates.values() for t in (g.mu, g.log_sigma)], k.grad_fn
+
+    got, fn = run("cpu")
+    assert type(fn).__name__ != "DotBackward0"
+    assert all(float(g.log_sigma.grad[i]) == 0.0 for g in gates.values() for i in (0, 1))
+    want, _ = run("reference")
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=1e-6 if a.dtype == torch.float32 else 1e-12, atol=0)
+    monkeypatch.setattr(fb.backends, "compiled", lambda name: False)
+    composite, fn = run("cpu")
+    assert type(fn).__name__ != "CppFunction"
+    for a, b in zip(got, composite):
+        assert torch.equal(a, b)
+
+
+def test_kl_loss_cpp_node_gradcheck():
+    if not fb.backends.available()["cpu"]:
+        pytest.skip("the compiled extension is not built")
+    _, gates = _kl_case()
+    inputs = [t.detach().clone().requires_grad_() for g in gates.values() for t in (g.mu, g.log_sigma)]
+    w = torch.rand(sum(t.numel() for t in inputs[0::2]), dtype=torch.float64)
+
+    def f(*ts):
+        return torch.ops.fastbayes_C.kl_loss(list(ts[0::2]), list(ts[1::2]), w, -20.0, 0.0, -20.0, 5.0)
+
+    assert torch.autograd.gradcheck(f, inputs)

@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "../common/convert.h"
+#include "../common/kl_with_grad.h"
 #include "../common/tensor_checks.h"
 #include "fastbayes/math.h"
 
@@ -102,11 +103,44 @@ std::tuple<at::Tensor, at::Tensor> gate_stats_backward_cpu(const at::Tensor& gra
 }
 
 }  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_with_grad_cpu(const at::Tensor& mu, const at::Tensor& log_sigma,
+                                                                double a, double b) {
+  check_unit_tensor(mu, "mu", mu);
+  check_unit_tensor(log_sigma, "log_sigma", mu);
+  check_cpu(mu);
+  check_bounds(a, b, "a", "b");
+  const at::Tensor m = mu.contiguous(), ls = log_sigma.contiguous();
+  at::Tensor kl = at::empty_like(m);
+  at::Tensor dmu = at::empty(m.sizes(), m.options().dtype(at::kDouble));
+  at::Tensor dls = at::empty(m.sizes(), m.options().dtype(at::kDouble));
+  const DoubleReader mr(m), lr(ls);
+  const DoubleWriter klw(kl);
+  double* const dm = dmu.mutable_data_ptr<double>();
+  double* const dl = dls.mutable_data_ptr<double>();
+  const double log_bma = ::log(b - a);
+  const auto put = [&](int64_t i, const KlGrad& r) {
+    klw.set(i, r.kl);
+    dm[i] = r.dmu;
+    dl[i] = r.dls;
+  };
+  for_units(
+      m.numel(), mr, lr, a, b,
+      [&](int64_t i, int kind, double, double sigma, double al, double be) {
+        put(i, kl_grad_fast(kind, lr[i], sigma, al, be, a, b, log_bma, true));
+      },
+      [&](int64_t i) { put(i, kl_parts(mr[i], ::exp(lr[i]), a, b)); });
+  return {kl, dmu, dls};
+}
+
 }  // namespace fastbayes
 
 TORCH_LIBRARY(fastbayes_C, m) {
   m.def("gate_stats(Tensor mu, Tensor log_sigma, float a, float b) -> (Tensor, Tensor, Tensor)");
   m.def("gate_stats_backward(Tensor grad_kl, Tensor mu, Tensor log_sigma, float a, float b) -> (Tensor, Tensor)");
+  // Σ w·KL over several gates' units with log σ clamped: an autograd-only composite (csrc/autograd.cpp)
+  m.def("kl_loss(Tensor[] mu, Tensor[] log_sigma, Tensor weights, float a, float b, float log_sigma_min, "
+        "float log_sigma_max) -> Tensor");
   // the primitives of fastbayes/{philox,math}.h, exposed for bit-exactness and accuracy tests
   m.def("philox_uniform(int seed, int offset, int n) -> Tensor");
   m.def("log_ndtr(Tensor x) -> Tensor");

@@ -3,12 +3,13 @@
 The draws come from Philox (seed, offset) and are regenerated in the backward instead of being stored; the
 counter layout and the per-element math are specified in ``fastbayes/reference/lognormal.py``.
 
-Two paths over the same backend functions: the ``torch.library`` custom op (what ``torch.compile`` traces and
-``opcheck`` tests) and, in eager mode, a thin ``torch.autograd.Function`` that calls the backend that
-``backends.resolve`` cached for (op, device, forced backend).  Measured on (128, 150) float32 with a trivial body:
-the Function adds ~5 µs per forward+backward over plain autograd, the custom op's Python wrapper ~15 µs (its
-``fill_defaults``, dispatcher redispatch and autograd shim run on every call), so eager calls take the Function.
-Registering the autograd in C++ would save a few µs more but cannot cover the Python reference and Triton backends.
+Three paths over the same backend functions: the ``torch.library`` custom op (what ``torch.compile`` traces and
+``opcheck`` tests); in eager mode on the compiled backends, the ``fastbayes_C`` op itself, whose autograd kernel is
+registered in C++ (csrc/autograd.cpp); and in eager mode on the reference and Triton backends, a thin
+``torch.autograd.Function`` that calls the backend that ``backends.resolve`` cached for (op, device, forced backend).
+Measured on (128, 150) float32: the custom op's Python wrapper costs ~15 µs per forward+backward (its
+``fill_defaults``, dispatcher redispatch and autograd shim run on every call), the Python Function ~40 µs per gate in
+a training step (mostly its backward node's trip through Python), the C++ autograd kernel a few µs.
 """
 from __future__ import annotations
 
@@ -164,6 +165,11 @@ def noise(x: Tensor, mu: Tensor, log_sigma: Tensor, mask: Optional[Tensor], a: f
     if log_sigma.dtype != mu.dtype:
         log_sigma = log_sigma.to(mu.dtype)
     if eager(x):
+        name, fwd = backends.resolve("lognormal_noise", x.device)
+        if backends.compiled(name):     # its autograd is registered in C++ (csrc/autograd.cpp)
+            return fwd(x.contiguous(), mu.contiguous(), log_sigma.contiguous(),
+                       None if mask is None else mask.contiguous(), a, b, dim, granularity,
+                       fresh_seed_int() if seed is None else seed, offset)
         return _lognormal_apply(x.contiguous(), mu.contiguous(), log_sigma.contiguous(),
                                      None if mask is None else mask.contiguous(), a, b, dim, granularity,
                                      fresh_seed_int() if seed is None else seed, offset)

@@ -680,19 +680,28 @@ FB_INLINE GateStats gate_stats_fast(int kind, double mu, double log_sigma, doubl
   return st;
 }
 
+// KL and its gradients on the fast path: gate_stats_fast's KL forms (the same calls, so the same KL bits when
+// with_kl and log_bma = log(b - a)); the backward passes with_kl = false and log_bma = 0, which skips the tail's log.
+FB_INLINE KlGrad kl_grad_fast(int kind, double log_sigma, double sigma, double al, double be, double a, double b,
+                              double log_bma, bool with_kl) {
+  if (kind == kFastInterior) {
+    return kl_interior(al, be, (b - a) / sigma, sigma, detail::log_diff_ndtr_interior(al, be), log_bma);
+  }
+  if (kind == kFastDeep) {
+    return detail::kl_direct(al, be, detail::phi_or_zero(al), detail::phi_or_zero(be), 0.0, sigma, log_sigma,
+                             log_bma);
+  }
+  if (kind == kFastNear) {
+    const double l0 = log_ndtr(be);
+    return detail::kl_direct(al, be, detail::phi_over_z(al, l0), detail::phi_over_z(be, l0), l0, sigma, log_sigma,
+                             log_bma);
+  }
+  return detail::kl_tail_one_sided(-be, mills_cf(-be), sigma, log_sigma, log_bma, with_kl);
+}
+
 FB_INLINE GateGrad gate_stats_backward_fast(int kind, double grad_kl, double log_sigma, double sigma, double al,
                                             double be, double a, double b) {
-  KlGrad r;
-  if (kind == kFastInterior) {
-    r = kl_interior(al, be, (b - a) / sigma, sigma, detail::log_diff_ndtr_interior(al, be), 0.0);
-  } else if (kind == kFastDeep) {
-    r = detail::kl_direct(al, be, detail::phi_or_zero(al), detail::phi_or_zero(be), 0.0, sigma, log_sigma, 0.0);
-  } else if (kind == kFastNear) {
-    const double l0 = log_ndtr(be);
-    r = detail::kl_direct(al, be, detail::phi_over_z(al, l0), detail::phi_over_z(be, l0), l0, sigma, log_sigma, 0.0);
-  } else {
-    r = detail::kl_tail_one_sided(-be, mills_cf(-be), sigma, log_sigma, 0.0, false);
-  }
+  const KlGrad r = kl_grad_fast(kind, log_sigma, sigma, al, be, a, b, 0.0, false);
   return {grad_kl * r.dmu, grad_kl * r.dls};
 }
 

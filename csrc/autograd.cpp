@@ -1,0 +1,155 @@
+// Autograd kernels in C++ for the eager hot path (as torchvision registers its ops' autograd): a training step
+// calls the compiled ops through torch.ops with no Python autograd.Function around them, and their backward
+// nodes run in C++.  Measured (docs/RESULTS.md, benchmarks/results): a Python Function costs ~40 µs per gate per
+// step in forward plus backward, most of it the PyNode backward, the engine's GIL round trip and the argument
+// tuples; the kernels themselves take ~12 µs on a (128, 150) activation.
+//
+// The kernels are device-generic: they redispatch below autograd to the CPU or CUDA kernels of the same ops.
+// Only the compiled backends take this path (fastbayes.ops decides, per resolved backend); the reference and
+// Triton backends keep their Python Functions, and torch.compile traces the torch.library custom ops.
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <string>
+#include <vector>
+
+#include "common/kl_with_grad.h"
+
+namespace fastbayes {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// y = x·θ: the forward and backward kernels of fastbayes_C::lognormal_noise(_backward).
+class LognormalNoiseFn : public torch::autograd::Function<LognormalNoiseFn> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& mu,
+                            const at::Tensor& log_sigma, const std::optional<at::Tensor>& mask, double a, double b,
+                            int64_t dim, c10::string_view granularity, int64_t seed, int64_t offset) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("fastbayes_C::lognormal_noise", "")
+                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                 const std::optional<at::Tensor>&, double, double, int64_t,
+                                                 c10::string_view, int64_t, int64_t)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    at::Tensor y = op.call(x, mu, log_sigma, mask, a, b, dim, granularity, seed, offset);
+    ctx->save_for_backward({x, mu, log_sigma, mask.has_value() ? *mask : at::Tensor()});
+    ctx->saved_data["a"] = a;
+    ctx->saved_data["b"] = b;
+    ctx->saved_data["dim"] = dim;
+    ctx->saved_data["granularity"] = std::string(granularity);
+    ctx->saved_data["seed"] = seed;
+    ctx->saved_data["offset"] = offset;
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("fastbayes_C::lognormal_noise_backward", "")
+            .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                const std::optional<at::Tensor>&, double, double, int64_t, c10::string_view, int64_t, int64_t)>();
+    const auto saved = ctx->get_saved_variables();
+    const std::optional<at::Tensor> mask = saved[3].defined() ? std::optional<at::Tensor>(saved[3]) : std::nullopt;
+    const std::string granularity = ctx->saved_data["granularity"].toStringRef();
+    auto [dx, dmu, dls] =
+        op.call(grads[0].contiguous(), saved[0], saved[1], saved[2], mask, ctx->saved_data["a"].toDouble(),
+                ctx->saved_data["b"].toDouble(), ctx->saved_data["dim"].toInt(), granularity,
+                ctx->saved_data["seed"].toInt(), ctx->saved_data["offset"].toInt());
+    return {dx, dmu, dls, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+at::Tensor lognormal_noise_autograd(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& log_sigma,
+                                    const std::optional<at::Tensor>& mask, double a, double b, int64_t dim,
+                                    c10::string_view granularity, int64_t seed, int64_t offset) {
+  return LognormalNoiseFn::apply(x, mu, log_sigma, mask, a, b, dim, granularity, seed, offset);
+}
+
+// fastbayes.kl_loss's flat form: Σ_i w_i · KL_i over the units of several gates, log σ clamped into
+// [log_sigma_min, log_sigma_max] (both official codes' forward clamp) — one node in the graph instead of cat, clamp,
+// gate_stats and dot, each with its own backward node.  Same kernels, same order, so the same bits.
+class KlLossFn : public torch::autograd::Function<KlLossFn> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, at::TensorList mu, at::TensorList log_sigma,
+                            const at::Tensor& weights, double a, double b, double log_sigma_min,
+                            double log_sigma_max) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("fastbayes_C::gate_stats", "")
+                               .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                                   const at::Tensor&, const at::Tensor&, double, double)>();
+    TORCH_CHECK_VALUE(!mu.empty() && mu.size() == log_sigma.size(),
+                      "kl_loss needs as many log_sigma tensors as mu tensors (at least one), got ", mu.size(),
+                      " and ", log_sigma.size());
+    at::AutoDispatchBelowADInplaceOrView guard;
+    const at::Tensor m = mu.size() == 1 ? mu[0] : at::cat(mu);
+    const at::Tensor ls = log_sigma.size() == 1 ? log_sigma[0] : at::cat(log_sigma);
+    const at::Tensor lsc = ls.clamp(log_sigma_min, log_sigma_max).to(m.scalar_type());
+    std::vector<int64_t> sizes;
+    for (const auto& t : mu) sizes.push_back(t.numel());
+    ctx->saved_data["sizes"] = sizes;
+    ctx->saved_data["lo"] = log_sigma_min;
+    ctx->saved_data["hi"] = log_sigma_max;
+    if (m.is_cpu()) {  // KL and its gradients in one pass; the backward only scales them
+      auto [kl, dmu, dls] = kl_with_grad_cpu(m, lsc, a, b);
+      ctx->save_for_backward({m, ls, lsc, weights, dmu, dls});
+      return at::dot(kl, weights);
+    }
+    const at::Tensor kl = std::get<0>(op.call(m, lsc, a, b));
+    ctx->save_for_backward({m, ls, lsc, weights});
+    ctx->saved_data["a"] = a;
+    ctx->saved_data["b"] = b;
+    return at::dot(kl, weights);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("fastbayes_C::gate_stats_backward", "")
+                               .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                         const at::Tensor&, double, double)>();
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &m = saved[0], &ls = saved[1], &lsc = saved[2], &w = saved[3];
+    const double lo = ctx->saved_data["lo"].toDouble(), hi = ctx->saved_data["hi"].toDouble();
+    // the backward of dot (grad·w), of gate_stats, of clamp (gradient where lo <= log σ <= hi), of cat (split)
+    const at::Tensor gk = w * grads[0];
+    at::Tensor dmu, dlsc;
+    if (saved.size() == 6) {  // gate_stats_backward's float64 product grad·∂KL, rounded once
+      const at::Tensor g64 = gk.to(at::kDouble);
+      dmu = (g64 * saved[4]).to(m.scalar_type());
+      dlsc = (g64 * saved[5]).to(lsc.scalar_type());
+    } else {
+      std::tie(dmu, dlsc) = op.call(gk, m, lsc, ctx->saved_data["a"].toDouble(), ctx->saved_data["b"].toDouble());
+    }
+    const at::Tensor dls =
+        at::where(ls.ge(lo).logical_and_(ls.le(hi)), dlsc.to(ls.scalar_type()), at::zeros({}, ls.options()));
+    const auto sizes = ctx->saved_data["sizes"].toIntVector();
+    variable_list out;
+    out.reserve(2 * sizes.size() + 5);
+    if (sizes.size() == 1) {
+      out.push_back(dmu);
+      out.push_back(dls);
+    } else {
+      for (auto& t : dmu.split_with_sizes(sizes)) out.push_back(t);
+      for (auto& t : dls.split_with_sizes(sizes)) out.push_back(t);
+    }
+    for (int i = 0; i < 5; ++i) out.emplace_back();
+    return out;
+  }
+};
+
+at::Tensor kl_loss_autograd(at::TensorList mu, at::TensorList log_sigma, const at::Tensor& weights, double a,
+                            double b, double log_sigma_min, double log_sigma_max) {
+  return KlLossFn::apply(mu, log_sigma, weights, a, b, log_sigma_min, log_sigma_max);
+}
+
+}  // namespace
+}  // namespace fastbayes
+
+TORCH_LIBRARY_IMPL(fastbayes_C, Autograd, m) {
+  m.impl("lognormal_noise", &fastbayes::lognormal_noise_autograd);
+  m.impl("kl_loss", &fastbayes::kl_loss_autograd);
+}
