@@ -70,6 +70,43 @@ at::Tensor lognormal_noise_autograd(const at::Tensor& x, const at::Tensor& mu, c
   return LognormalNoiseFn::apply(x, mu, log_sigma, mask, a, b, dim, granularity, seed, offset);
 }
 
+// y = x·ξ, ξ ~ Bern(θ): the kernels of fastbayes_C::bernoulli_gate(_backward) (straight-through θ gradient).
+class BernoulliGateFn : public torch::autograd::Function<BernoulliGateFn> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& theta,
+                            const std::optional<at::Tensor>& mask, int64_t dim, int64_t seed, int64_t offset) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("fastbayes_C::bernoulli_gate", "")
+                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
+                                                 const std::optional<at::Tensor>&, int64_t, int64_t, int64_t)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    at::Tensor y = op.call(x, theta, mask, dim, seed, offset);
+    ctx->save_for_backward({x, theta, mask.has_value() ? *mask : at::Tensor()});
+    ctx->saved_data["dim"] = dim;
+    ctx->saved_data["seed"] = seed;
+    ctx->saved_data["offset"] = offset;
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("fastbayes_C::bernoulli_gate_backward", "")
+                               .typed<std::tuple<at::Tensor, at::Tensor>(
+                                   const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                   const std::optional<at::Tensor>&, int64_t, int64_t, int64_t)>();
+    const auto saved = ctx->get_saved_variables();
+    const std::optional<at::Tensor> mask = saved[2].defined() ? std::optional<at::Tensor>(saved[2]) : std::nullopt;
+    auto [dx, dtheta] = op.call(grads[0].contiguous(), saved[0], saved[1], mask, ctx->saved_data["dim"].toInt(),
+                                ctx->saved_data["seed"].toInt(), ctx->saved_data["offset"].toInt());
+    return {dx, dtheta, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor bernoulli_gate_autograd(const at::Tensor& x, const at::Tensor& theta, const std::optional<at::Tensor>& mask,
+                                   int64_t dim, int64_t seed, int64_t offset) {
+  return BernoulliGateFn::apply(x, theta, mask, dim, seed, offset);
+}
+
 // fastbayes.kl_loss's flat form: Σ_i w_i · KL_i over the units of several gates, log σ clamped into
 // [log_sigma_min, log_sigma_max] (both official codes' forward clamp) — one node in the graph instead of cat, clamp,
 // gate_stats and dot, each with its own backward node.  Same kernels, same order, so the same bits.
@@ -151,5 +188,6 @@ at::Tensor kl_loss_autograd(at::TensorList mu, at::TensorList log_sigma, const a
 
 TORCH_LIBRARY_IMPL(fastbayes_C, Autograd, m) {
   m.impl("lognormal_noise", &fastbayes::lognormal_noise_autograd);
+  m.impl("bernoulli_gate", &fastbayes::bernoulli_gate_autograd);
   m.impl("kl_loss", &fastbayes::kl_loss_autograd);
 }

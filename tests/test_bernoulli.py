@@ -570,3 +570,29 @@ def test_attach_is_a_deprecated_alias_of_add_gates():
         gates = B.attach(m, init_theta=0.5)
     assert isinstance(gates["0"], fb.nn.BernoulliGate) and float(gates["0"].theta[0]) == 0.5
     assert fb.nn.gates(m) == gates
+
+
+@pytest.mark.parametrize("theta_dtype", [torch.float32, torch.float64])
+def test_cpp_autograd_equals_python_function(monkeypatch, theta_dtype):
+    """On the compiled backend the gate's autograd runs in C++ (csrc/autograd.cpp): the same bits as the Python
+    Function over the same kernels."""
+    if not fb.backends.available()["cpu"]:
+        pytest.skip("the compiled extension is not built")
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 7, 3, generator=gen)
+    theta = torch.rand(7, generator=gen).to(theta_dtype)
+    mask = torch.rand(7, generator=gen) > 0.2
+    gy = torch.randn(5, 7, 3, generator=gen)
+
+    def run():
+        xx, th = x.clone().requires_grad_(), theta.clone().requires_grad_()
+        with fb.backends.use("cpu"):
+            y = bernoulli_gate(xx, th, mask=mask, seed=11, offset=2)
+            y.backward(gy)
+        return y.detach(), xx.grad, th.grad
+
+    cpp = run()
+    monkeypatch.setattr(fb.backends, "compiled", lambda name: False)
+    py = run()
+    for a, b in zip(cpp, py):
+        assert a.dtype == b.dtype and torch.equal(a, b)

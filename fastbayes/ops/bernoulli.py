@@ -141,6 +141,9 @@ def gate(x: Tensor, theta: Tensor, mask: Optional[Tensor], dim: int, seed: Optio
     th = theta if theta.dtype == torch.float32 else theta.to(torch.float32)
     mk = None if mask is None else mask.contiguous()
     if eager(x):
+        name, fwd = backends.resolve("bernoulli_gate", x.device)
+        if backends.compiled(name):     # its autograd is registered in C++ (csrc/autograd.cpp)
+            return fwd(x.contiguous(), th.contiguous(), mk, dim, fresh_seed_int() if seed is None else seed, offset)
         return _bernoulli_apply(x.contiguous(), th.contiguous(), mk, dim,
                                 fresh_seed_int() if seed is None else seed, offset)
     seed_t = fresh_seed() if seed is None else torch.tensor(seed, dtype=torch.int64)
