@@ -85,7 +85,7 @@ def grid(args) -> None:
         fitkw = {k: cfg.pop(k) for k in list(cfg) if k in FIT_KEYS}
         t = time.time()
         ens = dllp.ParticleEnsemble(model, 8, generator=torch.Generator().manual_seed(0), **cfg)
-        h = ens.fit(train, fitkw.pop("epochs", 1), fitkw.pop("lr", 1e-3), 128, seed=0, **fitkw)
+        h = ens.fit(train, fitkw.pop("epochs", 1), fitkw.pop("lr", 1e-3), 128, seed=0, kernel="weight", **fitkw)
         masks = ens.consensus_mask()
         r = dllp.reliability_report(ens.pruned(masks).predict(test.x), test.y)
         point = dllp.apply_masks(model, dllp.magnitude_masks(model, masks))
@@ -109,7 +109,7 @@ def ratio(args) -> None:
     train, _ = load(args.max_train)
     model = plain_network(train, args.cache)
     ens = dllp.ParticleEnsemble(model, 8, generator=torch.Generator().manual_seed(0))
-    ens.fit(train, 1, 1e-3, 128, seed=0)
+    ens.fit(train, 1, 1e-3, 128, seed=0, kernel="weight")
     n, N = 8, len(train)
     g = torch.Generator().manual_seed(1)
     idx = torch.stack([torch.randperm(N, generator=g)[:128] for _ in range(n)])

@@ -206,7 +206,7 @@ def main(argv=None) -> dict:
     ens = dllp.ParticleEnsemble(model, args.particles, args.noise, noise_scale=args.noise_scale, pi=args.pi,
                                 spike_ratio=args.spike_ratio)
     history += ens.fit(train, args.svgd_epochs, args.svgd_lr, args.batch_size, seed=args.seed,
-                       per_particle_batches=not args.shared_batches, temperature=args.temperature,
+                       kernel="weight", per_particle_batches=not args.shared_batches, temperature=args.temperature,
                        bandwidth_scale=args.bandwidth_scale, callback=on_epoch)
     t_svgd = time.perf_counter() - t0 - t_plain
 

@@ -251,6 +251,15 @@ def sparsity(masks: Mapping[str, Tensor]) -> float:
 # ------------------------------------------------------------------------------------------------------------------
 # the particle ensemble
 
+def _mixup(x: Tensor, m: int, gen: Optional[torch.Generator]) -> Tensor:
+    """``m`` measurement inputs off the data: convex mixtures λ·x_a + (1 − λ)·x_b of random pairs of the batch ``x``,
+    λ ~ U(0, 1) per point."""
+    a = torch.randint(0, len(x), (m,), generator=gen).to(x.device)
+    bb = torch.randint(0, len(x), (m,), generator=gen).to(x.device)
+    lam = torch.rand(m, *([1] * (x.dim() - 1)), generator=gen, dtype=x.dtype).to(x.device)
+    return lam * x[a] + (1 - lam) * x[bb]
+
+
 def _xy(data):
     if isinstance(data, (tuple, list)) and len(data) == 2:
         x, y = data
@@ -399,14 +408,15 @@ class ParticleEnsemble:
         return {l.name: l.prior.responsibility(_groups(l, self.params)) for l in self.layers}
 
     @torch.no_grad()
-    def _add_prior_grad(self) -> None:
-        """.grad −= ∇ log prior (closed form), so .grad holds the gradient of the negative log-posterior."""
+    def _add_prior_grad(self, scale: float = 1.0) -> None:
+        """.grad −= scale · ∇ log prior (closed form), so with scale 1 .grad holds the gradient of the negative
+        log-posterior."""
         for l in self.layers:
             score, _ = l.prior.score(_groups(l, self.params))
             w = self.params[l.weight]
-            w.grad.sub_(score[..., :l.fan_in].reshape(w.shape))
+            w.grad.sub_(score[..., :l.fan_in].reshape(w.shape), alpha=scale)
             if l.bias is not None:
-                self.params[l.bias].grad.sub_(score[..., l.fan_in])
+                self.params[l.bias].grad.sub_(score[..., l.fan_in], alpha=scale)
 
     # -- SVGD -------------------------------------------------------------------------------------------------------
 
@@ -416,31 +426,48 @@ class ParticleEnsemble:
 
     def fit(self, data, epochs: int = 1, lr: float = 1e-3, batch_size: int = 128, *,
             num_examples: Optional[int] = None, bandwidth: Optional[float] = None,
-            optimizer=torch.optim.Adam, seed: Optional[int] = None, per_particle_batches: bool = True,
-            temperature: float = 1.0, bandwidth_scale: float = 1.0,
+            optimizer=torch.optim.Adam, seed: Optional[int] = None, kernel: str = "function",
+            per_particle_batches: Optional[bool] = None, temperature: float = 1.0, bandwidth_scale: float = 1.0,
+            measurement: int = 0,
             callback: Optional[Callable[[int, "ParticleEnsemble"], Optional[dict]]] = None,
             progress: bool = False) -> list[dict]:
         """Run SVGD on the particles for ``epochs`` passes over ``data`` (an (x, y) pair or a Split).
 
-        Per minibatch of B examples, .grad of each particle holds −[(N/(B·T))·∇ log-lik + ∇ log prior] (N =
-        ``num_examples``, default len(data); T = ``temperature``) and ``fastbayes.svgd.SVGD`` turns it into −φ for
-        ``optimizer`` (lr ``lr``).
+        Two kernels (METHODS.md §4.2):
+
+        * ``kernel="function"`` (default): function-space SVGD (Wang et al. 2019).  Per minibatch of B examples,
+          shared by all particles, the particles are their centred logits F_i on the batch ([B·C] each), their
+          scores the likelihood's S_i = (N/(B·T))·∇_F log p(y | F_i) (N = ``num_examples``, default len(data); T =
+          ``temperature``), and ``fastbayes.ops.svgd_direction`` gives φ^f in function space (RBF kernel on the
+          outputs, median bandwidth).  φ^f is pulled back to the weights through each particle's own Jacobian (one
+          backward pass, the f-SVGD approximation J_j ≈ J_i), and the spike-and-slab prior's score enters each
+          particle's own update with SVGD's 1/n.
+        * ``kernel="weight"``: SVGD on the weights: .grad of each particle holds −[(N/(B·T))·∇ log-lik + ∇ log
+          prior] and ``fastbayes.svgd.SVGD`` turns it into −φ for ``optimizer`` (lr ``lr``).  Its repulsion is
+          ~1e-5 of the driving term on LeNet5 (docs/RESULTS.md §3).
 
         Args:
-            per_particle_batches: True (default): every particle draws its own minibatch each step (its own
-                permutation of the data per epoch, one vmapped forward over [n, B] inputs — the same cost as a shared
-                batch), so each particle's score is an independent unbiased estimate of its full-data score; False:
-                all particles share one minibatch (their score noise is then common and does not separate them).
+            kernel: "function" (default) or "weight", see above.
+            per_particle_batches: weight kernel only.  True (its default): every particle draws its own minibatch
+                each step (its own permutation of the data per epoch, one vmapped forward over [n, B] inputs — the
+                same cost as a shared batch), so each particle's score is an independent unbiased estimate of its
+                full-data score; False: all particles share one minibatch.  The function kernel compares the
+                particles' outputs on common inputs, so it always shares the batch (True is refused).
             temperature: T > 0 of the tempered posterior p(D|w)^(1/T) p(w) (default 1, the Bayes posterior).
             bandwidth: a fixed RBF bandwidth h; None (default): the median heuristic h = med²/log(n + 1).
             bandwidth_scale: multiplies the median-heuristic h (default 1; only with ``bandwidth=None``).
+            measurement: function kernel only: this many extra inputs per step, mixtures λ·x_a + (1 − λ)·x_b of
+                random pairs of the batch (λ ~ U(0, 1)), on which the kernel also compares the particles but no
+                likelihood acts (default 0: the batch alone).
 
         ``callback(epoch, self)`` may return a dict merged into that epoch's history entry.  Returns the history (also
         in ``self.history``): per epoch the mean NLL per example, the mean responsibility, the units the consensus mask
         would keep, and SVGD diagnostics at the epoch's last step: ``bandwidth`` (h), ``median_sq_dist`` (median
-        squared distance between particles), ``repulsion_ratio`` (‖repulsive part of φ‖ / ‖driving part‖, Frobenius
-        norms over all particles and parameters) and ``rms_spread`` (RMS over parameters of the particles' std, the
-        average absolute spread per weight).
+        squared distance between particles, in the kernel's space), ``repulsion_ratio`` (‖repulsive part of φ‖ /
+        ‖driving part‖, Frobenius norms over all particles and parameters: for the function kernel both parts pulled
+        back to the weights, the prior's score counted in the driving part), ``repulsion_ratio_function`` (function
+        kernel: the same ratio in function space, before the pull-back) and ``rms_spread`` (RMS over parameters of the
+        particles' std, the average absolute spread per weight).
         """
         x, y = _xy(data)
         _posint("epochs", epochs)
@@ -448,8 +475,19 @@ class ParticleEnsemble:
         lr = _finite("lr", lr, positive=True)
         temperature = _finite("temperature", temperature, positive=True)
         bandwidth_scale = _finite("bandwidth_scale", bandwidth_scale, positive=True)
+        if kernel not in ("function", "weight"):
+            raise ValueError(f"kernel must be 'function' or 'weight', got {kernel!r}")
+        if per_particle_batches is None:
+            per_particle_batches = kernel == "weight"
         if not isinstance(per_particle_batches, bool):
-            raise ValueError(f"per_particle_batches must be a bool, got {per_particle_batches!r}")
+            raise ValueError(f"per_particle_batches must be a bool or None, got {per_particle_batches!r}")
+        if isinstance(measurement, bool) or not isinstance(measurement, int) or measurement < 0:
+            raise ValueError(f"measurement must be a non-negative integer, got {measurement!r}")
+        if measurement and kernel != "function":
+            raise ValueError("measurement points belong to the function kernel (kernel='function')")
+        if kernel == "function" and per_particle_batches:
+            raise ValueError("per_particle_batches=True needs kernel='weight': the function kernel compares the "
+                             "particles' outputs on one shared batch")
         if bandwidth is not None and bandwidth_scale != 1.0:
             raise ValueError("bandwidth_scale applies to the median heuristic only; pass bandwidth=None with it")
         n_data = len(x) if num_examples is None else _posint("num_examples", num_examples)
@@ -467,7 +505,10 @@ class ParticleEnsemble:
         from .reference.svgd import kernel_from_dists, pairwise_sq_dists
 
         plist = [p for p in self.params.values() if p.requires_grad]
-        opt = SVGD(plist, optimizer=optimizer, bandwidth=bandwidth, lr=lr)
+        if kernel == "weight":
+            opt = SVGD(plist, optimizer=optimizer, bandwidth=bandwidth, lr=lr)
+        else:
+            opt = optimizer(plist, lr=lr)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         n, dev = self.n_particles, self.device
         for epoch in range(epochs):
@@ -476,6 +517,8 @@ class ParticleEnsemble:
             else:
                 perm = torch.randperm(len(x), generator=gen)
             starts = range(0, len(x), batch_size)
+            # diagnostics on the epoch's last full batch (a short remainder batch would skew the ratio)
+            diag_at = starts[-1] if len(x) % batch_size == 0 or len(starts) == 1 else starts[-2]
             steps = starts
             if progress:
                 try:
@@ -495,12 +538,23 @@ class ParticleEnsemble:
                 else:
                     idx = perm[i:i + batch_size]
                     b = len(idx)
-                    out = self(x[idx].to(dev))
+                    xb = x[idx].to(dev)
+                    if kernel == "function" and measurement:
+                        xb = torch.cat([xb, _mixup(xb, measurement, gen)])
+                    out = self(xb)
                     yb = y[idx].to(dev).repeat(n)
+                last = i == diag_at
+                if kernel == "function":
+                    nll, diag_f = self._function_step(out, yb.view(n, b), n_data / (b * temperature), plist,
+                                                      bandwidth, bandwidth_scale, last)
+                    opt.step()
+                    nll_sum += float(nll)
+                    if last:
+                        diag = diag_f
+                    continue
                 nll = F.cross_entropy(out.flatten(0, 1), yb, reduction="sum")       # Σ particles, Σ batch
                 (nll * (n_data / (b * temperature))).backward()
                 self._add_prior_grad()
-                last = i == starts[-1]
                 if bandwidth is None and (bandwidth_scale != 1.0 or last):
                     with torch.no_grad():
                         d = pairwise_sq_dists([p.detach() for p in plist if p.grad is not None])
@@ -522,6 +576,62 @@ class ParticleEnsemble:
         for p in plist:
             p.grad = None
         return self.history
+
+    def _function_step(self, out: Tensor, y: Tensor, scale: float, plist: list[Tensor], bandwidth: Optional[float],
+                       bandwidth_scale: float, diagnose: bool) -> tuple[float, dict]:
+        """One function-space SVGD step's gradients: .grad = −(J_iᵀ φ^f_i + ∇ log prior(w_i) / n) for the particles'
+        logits ``out`` [n, B, C] on a shared batch with labels ``y`` [n, B] (all rows equal) and likelihood scale
+        ``scale`` = N/(B·T).  Returns (Σ NLL over particles and examples, diagnostics if ``diagnose``)."""
+        from .reference.svgd import kernel_from_dists, pairwise_sq_dists
+        from .svgd import function_space_backward
+        n, b = y.shape
+        f = out - out.mean(-1, keepdim=True)                # centred logits: the softmax's invariance removed
+        with torch.no_grad():
+            logp = torch.log_softmax(out.detach()[:, :b].double(), -1)
+            nll = float(-logp.gather(-1, y[..., None]).sum())
+            score = torch.zeros(f.shape, dtype=torch.float64, device=f.device)
+            # ∇_f of (N/(B·T))·log p(y | f); measurement points beyond the batch carry no likelihood
+            score[:, :b] = (F.one_hot(y, out.shape[-1]).double() - logp.exp()).mul_(scale)
+            h = bandwidth
+            if h is None and bandwidth_scale != 1.0 or diagnose:
+                d = pairwise_sq_dists([f.detach().flatten(1)])
+                if h is None:
+                    h = float(kernel_from_dists(d, None)[1]) * bandwidth_scale
+        rep_w = lik_w = None
+        if diagnose:      # the two parts of φ^f pulled back on their own (backward passes through the same graph)
+            with torch.no_grad():
+                K, hh = kernel_from_dists(d, h)
+                fd = f.detach().flatten(1).double()
+                drive_f = K @ score.flatten(1) / n
+                rep_f = (2.0 / hh) * (K.sum(1, keepdim=True) * fd - K @ fd) / n
+            rep_w = torch.autograd.grad(f, plist, rep_f.to(f.dtype).view_as(f), retain_graph=True, allow_unused=True)
+            lik_w = torch.autograd.grad(f, plist, drive_f.to(f.dtype).view_as(f), retain_graph=True,
+                                        allow_unused=True)
+        function_space_backward(f, score, h)
+        self._add_prior_grad(1.0 / n)
+        if not diagnose:
+            return nll, {}
+        with torch.no_grad():
+            # .grad = −(Jᵀ drive_f + Jᵀ rep_f + prior/n): the driving part is −.grad − Jᵀ rep_f
+            drive = rep = lik = var_sum = 0.0
+            count = 0
+            for p, r, g in zip(plist, rep_w, lik_w):
+                if p.grad is None:
+                    continue
+                r = torch.zeros_like(p) if r is None else r
+                drive += float((-p.grad - r).double().pow(2).sum())
+                rep += float(r.double().pow(2).sum())
+                lik += 0.0 if g is None else float(g.double().pow(2).sum())
+                var_sum += float(p.detach().reshape(n, -1).double().var(0, correction=1).sum())
+                count += p[0].numel()
+            iu = torch.triu_indices(n, n, 1)
+            diag = {"bandwidth": float(hh), "median_sq_dist": float(d[iu[0], iu[1]].median()),
+                    "repulsion_ratio": math.sqrt(rep / drive) if drive > 0 else float("inf"),
+                    "repulsion_ratio_function": float(rep_f.norm() / drive_f.norm()) if drive_f.norm() > 0
+                    else float("inf"),
+                    "repulsion_ratio_likelihood": math.sqrt(rep / lik) if lik > 0 else float("inf"),
+                    "rms_spread": math.sqrt(var_sum / max(count, 1))}
+        return nll, diag
 
     @torch.no_grad()
     def _svgd_diagnostics(self, plist: list[Tensor], bandwidth: Optional[float]) -> dict:

@@ -24,7 +24,8 @@ N_BINS = 15
 
 __all__ = ["N_BINS", "accuracy_coverage", "auroc", "brier", "calibration_bins", "ece", "entropy", "fit_temperature",
            "misclassification_auroc", "mutual_information", "nll", "ood_auroc", "plot_accuracy_coverage",
-           "plot_ood_entropy", "plot_reliability_diagram", "predictive_mean", "reliability_report"]
+           "plot_ood_entropy", "plot_reliability_diagram", "predictive_mean", "reliability_report",
+           "uncertainty_report"]
 
 
 def _n_bins(n_bins) -> int:
@@ -355,6 +356,27 @@ def reliability_report(logits: Tensor, labels: Tensor, n_bins: int = N_BINS, *, 
     if ood_logits is not None:
         rep["ood_auroc"] = ood_auroc(mean, predictive_mean(ood_logits.to(logits.device)))
         rep["n_ood_examples"] = int(ood_logits.shape[1])
+    return rep
+
+
+def uncertainty_report(logits: Tensor, labels: Tensor, ood: Optional[Mapping[str, Tensor]] = None,
+                       n_bins: int = N_BINS) -> dict:
+    """``reliability_report(logits, labels, detect_errors=True)`` plus out-of-distribution detection: for each
+    {name: logits [n_members, M, classes]} of ``ood`` (the same members on inputs the model never saw)
+    ``ood_auroc_per_set[name]`` = ``ood_auroc`` of the predictive entropy, and ``ood_auroc`` their mean (None without
+    ``ood``).  One report shape for an ensemble, a point estimate ([1, N, classes]) or MC-dropout passes."""
+    rep = reliability_report(logits, labels, n_bins, detect_errors=True)
+    per_set = {}
+    if ood:
+        mean = predictive_mean(logits)
+        for name, lg in ood.items():
+            lg, _ = _check_logits(lg)
+            if lg.shape[0] != logits.shape[0] or lg.shape[2] != logits.shape[2]:
+                raise ValueError(f"ood[{name!r}] must be logits [n_members = {logits.shape[0]}, M, classes = "
+                                 f"{logits.shape[2]}], got {tuple(lg.shape)}")
+            per_set[name] = ood_auroc(mean, predictive_mean(lg.to(mean.device)))
+    rep["ood_auroc_per_set"] = per_set
+    rep["ood_auroc"] = sum(per_set.values()) / len(per_set) if per_set else None
     return rep
 
 

@@ -24,7 +24,35 @@ from torch import Tensor
 from .ops.svgd import apply_kernel, check_bandwidth, check_particles, direction_and_bandwidth
 from .reference.svgd import kernel_from_dists, pairwise_sq_dists
 
-__all__ = ["SVGD", "sharded_direction"]
+__all__ = ["SVGD", "function_space_backward", "sharded_direction"]
+
+
+def function_space_backward(outputs: Tensor, scores: Tensor, bandwidth: Optional[float] = None) -> tuple[Tensor, Tensor]:
+    """Function-space SVGD (Wang et al. 2019, "Function space particle optimization"): accumulate −Jᵢᵀ φ^f_i into the
+    .grad of whatever ``outputs`` depends on.
+
+    ``outputs`` [n, ...] are the n particles' function values on common inputs (differentiable: a network's outputs
+    on one batch, the particle dimension first), ``scores`` the same shape: ∇ of the log target density with respect
+    to those function values (e.g. the likelihood's (N/B)·∇_f log p(y | f)).  φ^f = ``svgd_direction(outputs,
+    scores)``: the RBF kernel on the function values (median bandwidth unless ``bandwidth``), through the fused op.
+    Its pull-back through each particle's own Jacobian Jᵢ = ∂f_i/∂w_i is one backward pass; it is exact when the
+    Jacobians agree (a linear model) and the f-SVGD approximation Jⱼ ≈ Jᵢ otherwise.  .grad then holds −φ as for
+    ``SVGD``, so any torch optimiser's step moves the parameters along +φ.  Returns (φ^f as float64 [n, d], h).
+    """
+    if not isinstance(outputs, Tensor) or not isinstance(scores, Tensor):
+        raise TypeError("outputs and scores must be tensors")
+    if scores.shape != outputs.shape:
+        raise ValueError(f"scores must have the shape of outputs {tuple(outputs.shape)}, got {tuple(scores.shape)}")
+    if outputs.dim() < 1 or outputs.shape[0] < 2:
+        raise ValueError(f"outputs must carry n >= 2 particles in dim 0, got shape {tuple(outputs.shape)}")
+    if not outputs.requires_grad:
+        raise ValueError("outputs must require grad (the particles' function values, with their graph)")
+    n = outputs.shape[0]
+    with torch.no_grad():
+        (phi,), h = direction_and_bandwidth([outputs.detach().reshape(n, -1).double()],
+                                            [scores.detach().reshape(n, -1).double()], bandwidth)
+    outputs.backward(-phi.to(outputs.dtype).reshape(outputs.shape))
+    return phi, h
 
 
 @torch.no_grad()

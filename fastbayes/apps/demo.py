@@ -418,8 +418,10 @@ def _plots(rep: dict, final, out: Path) -> None:
 def _run_dllp(model_name, dataset, epochs, seed, out, batch_size, lr, max_train, plots, quiet, n_particles,
               svgd_epochs) -> dict:
     """Train the plain network, run SVGD on ``n_particles`` particles, prune by consensus, compact the particle mean
-    and report the common keys plus ``n_particles`` and ``reliability`` (of the pruned ensemble), with the
-    hard-pruned point estimate (magnitude pruning at the same per-layer sparsity) under ``point_estimate``."""
+    and report the common keys plus ``n_particles``, ``reliability`` of the pruned ensemble
+    (``metrics.uncertainty_report``: calibration, misclassification and OOD AUROC), ``baselines`` (``point``: the
+    plain network magnitude-pruned at the same per-layer sparsity; ``point_temperature``: the same temperature-scaled
+    on the validation split; same keys) and ``repulsion_ratio`` (SVGD's last recorded repulsive/driving ratio)."""
     from .. import dllp, metrics
 
     if not isinstance(epochs, int) or epochs < 1 or not isinstance(svgd_epochs, int) or svgd_epochs < 1:
@@ -442,12 +444,13 @@ def _run_dllp(model_name, dataset, epochs, seed, out, batch_size, lr, max_train,
         log(f"svgd epoch {e + 1}: val acc (ensemble) {acc:.4f}, consensus keeps {kept} units")
         return {"phase": "svgd", "val_accuracy": acc}
 
-    # particles: the trained network jittered by 0.1 × each parameter tensor's std, each drawing its own minibatches
-    # (docs/RESULTS.md §3: with an absolute 1e-3 jitter and one shared minibatch the particles barely separate)
-    svgd_settings = {"noise": dllp.DEFAULT_NOISE, "noise_scale": "relative", "per_particle_batches": True,
-                     "temperature": 1.0, "bandwidth": "median heuristic med²/log(n+1)"}
+    # particles: the trained network jittered by 0.1 × each parameter tensor's std, moved by function-space SVGD (the
+    # kernel on the particles' outputs over each shared batch; docs/METHODS.md §4.2, RESULTS.md §3)
+    svgd_settings = {"noise": dllp.DEFAULT_NOISE, "noise_scale": "relative", "kernel": "function",
+                     "per_particle_batches": False, "temperature": 1.0,
+                     "bandwidth": "median heuristic med²/log(n+1)"}
     ens = dllp.ParticleEnsemble(model, n_particles, dllp.DEFAULT_NOISE, noise_scale="relative")
-    for h in ens.fit(train, svgd_epochs, lr, batch_size, seed=seed, per_particle_batches=True, temperature=1.0,
+    for h in ens.fit(train, svgd_epochs, lr, batch_size, seed=seed, kernel="function", temperature=1.0,
                      callback=on_epoch, progress=not quiet):
         history.append({**h, "epoch": epochs + h["epoch"]})
     train_seconds = time.perf_counter() - t_train
@@ -460,10 +463,26 @@ def _run_dllp(model_name, dataset, epochs, seed, out, batch_size, lr, max_train,
     m_before, m_after = measure(model, batch), measure(small, batch)
     flops_before = measure(model, example, repeats=1, warmup=0, min_time=0)["flops"]
     flops_after = measure(small, example, repeats=1, warmup=0, min_time=0)["flops"]
-    ens_logits = ens.pruned(masks).predict(test.x)
+    pruned_ens = ens.pruned(masks)
     point = dllp.apply_masks(model, dllp.magnitude_masks(model, masks))
+    ood = _ood_inputs(test.x, dataset, seed)
+    ens_logits = pruned_ens.predict(test.x)
     point_logits = dllp.predict_logits(point, test.x)
+    # temperature scaling of the point estimate, fitted on the validation split (the cheapest calibration fix)
+    temperature = metrics.fit_temperature(dllp.predict_logits(point, val.x), val.y)
+    reliability = metrics.uncertainty_report(ens_logits, test.y, {k: pruned_ens.predict(v) for k, v in ood.items()})
+    point_ood = {k: dllp.predict_logits(point, v) for k, v in ood.items()}
+    baselines = {
+        "point": {"method": "the plain network magnitude-pruned (L2 of incoming weights) at the same per-layer "
+                            "sparsity, no fine-tuning",
+                  **metrics.uncertainty_report(point_logits, test.y, point_ood)},
+        "point_temperature": {"method": "the same, its logits divided by a temperature fitted on the validation "
+                                        "split (NLL)", "temperature": temperature,
+                              **metrics.uncertainty_report(point_logits / temperature, test.y,
+                                                           {k: v / temperature for k, v in point_ood.items()})},
+    }
     mean_r = {k: v.double().mean(0).cpu() for k, v in ens.responsibilities().items()}
+    last_ratio = next((h["repulsion_ratio"] for h in reversed(history) if "repulsion_ratio" in h), None)
     rep = {
         "method": "dllp", "dataset": dataset, "model": model_name, "epochs": epochs, "finetune_epochs": 0,
         "seed": seed, "granularity": None, "criterion": "mean slab responsibility over particles < 0.5 prunes",
@@ -483,27 +502,42 @@ def _run_dllp(model_name, dataset, epochs, seed, out, batch_size, lr, max_train,
                       f"the plain {model_name} the particles start from ({epochs} epoch(s), batch {batch_size}, "
                       f"Adam lr {lr:g}; no SVGD epochs)"),
         "n_particles": n_particles, "svgd_epochs": svgd_epochs, "svgd_settings": svgd_settings,
-        "units_sparsity": dllp.sparsity(masks),
-        "reliability": metrics.reliability_report(ens_logits, test.y),
-        "point_estimate": {"method": "magnitude (L2 of incoming weights) at the same per-layer sparsity",
-                           "test_accuracy": accuracy(point, test),
-                           "reliability": metrics.reliability_report(point_logits, test.y)},
+        "units_sparsity": dllp.sparsity(masks), "ood_sets": {k: int(v.shape[0]) for k, v in ood.items()},
+        "reliability": reliability, "baselines": baselines, "repulsion_ratio": last_ratio,
     }
     (out / "report.json").write_text(json.dumps(rep, indent=2))
     if plots:
         _plots_dllp(rep, mean_r, out)
-        metrics.plot_reliability_diagram({f"DLLP ensemble ({n_particles} particles)": metrics.predictive_mean(ens_logits),
-                                       "magnitude-pruned point estimate": metrics.predictive_mean(point_logits)},
-                                      test.y, out / "reliability_diagram.png",
-                                      title=f"{model_name} / {dataset}, "
-                                      f"{100 * rep['units_sparsity']:.1f}% of units pruned")
+        probs = {f"DLLP ensemble ({n_particles} particles)": metrics.predictive_mean(ens_logits),
+                 "magnitude-pruned point estimate": metrics.predictive_mean(point_logits),
+                 f"point estimate, T = {temperature:.2f}": metrics.predictive_mean(point_logits / temperature)}
+        title = f"{model_name} / {dataset}, {100 * rep['units_sparsity']:.1f}% of units pruned"
+        metrics.plot_reliability_diagram(probs, test.y, out / "reliability_diagram.png", title=title)
+        metrics.plot_accuracy_coverage({k: (v, test.y) for k, v in probs.items()}, out / "accuracy_coverage.png",
+                                       title=title)
     log(summary(rep))
-    r, p = rep["reliability"], rep["point_estimate"]["reliability"]
-    log(f"reliability (DLLP ensemble vs point estimate): ECE {r['ece']:.4f} vs {p['ece']:.4f}, NLL {r['nll']:.4f} vs "
-        f"{p['nll']:.4f}, Brier {r['brier']:.4f} vs {p['brier']:.4f}, accuracy {r['accuracy']:.4f} vs "
-        f"{p['accuracy']:.4f} (particles {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f})")
+    r, p, t = rep["reliability"], baselines["point"], baselines["point_temperature"]
+    log(f"reliability (DLLP ensemble / point estimate / temperature-scaled): ECE {r['ece']:.4f} / {p['ece']:.4f} / "
+        f"{t['ece']:.4f}, NLL {r['nll']:.4f} / {p['nll']:.4f} / {t['nll']:.4f}, accuracy {r['accuracy']:.4f} / "
+        f"{p['accuracy']:.4f} (particles {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f})"
+        + (f", OOD AUROC {r['ood_auroc']:.3f} / {p['ood_auroc']:.3f} / {t['ood_auroc']:.3f}" if ood else "")
+        + (f"; SVGD repulsion/driving {last_ratio:.2e}" if last_ratio is not None else ""))
     log(f"wrote {out / 'report.json'}" + (" and plots" if plots else ""))
     return rep
+
+
+def _ood_inputs(x_test: torch.Tensor, dataset: str, seed: int, n: int = 2000) -> dict:
+    """The OOD sets of ``fastbayes.ood`` for ``x_test`` (at most ``n`` each): scikit-learn's digits (unless they are the
+    in-distribution data, or scikit-learn is missing), the test images rotated by 90°, and Gaussian noise images."""
+    from ..ood import ood_sets
+    names = ["rotated", "noise"]
+    if dataset != "digits":
+        try:
+            import sklearn  # noqa: F401
+            names.insert(0, "digits")
+        except ImportError:
+            pass
+    return ood_sets(x_test, seed=seed, n=min(n, len(x_test)), sets=names)
 
 
 @torch.no_grad()
