@@ -5,8 +5,8 @@ report.json (same epochs and price) are skipped; two runs at a time, one thread 
     .venv/bin/python examples/bernoulli_fashion.py --models mlp-300-100 mlp-600-200 mlp-1200-400 --seeds 0 1 2 \
         --epochs 30 --out benchmarks/results/bernoulli_cost
 
-Each run is ``fastbayes demo --method bernoulli --model MODEL --seed SEED --epochs E --price P`` on the full 48k
-training split (``OUT/MODEL-sSEED/report.json``, plots for the first seed).  ``OUT/summary.json`` and
+Each run is ``fastbayes demo --method bernoulli --model MODEL --seed SEED --epochs E --price P --decide-batch D`` on
+the full 48k training split (``OUT/MODEL-sSEED/report.json``, plots for the first seed).  ``OUT/summary.json`` and
 ``OUT/summary.md`` are rebuilt from every report.json on disk (``--summarize`` does only that): final widths per
 layer, their spread across the runs, accuracy against the dense baseline, binary gates, training wall time against
 dense, and the epoch after which no width changed any more; ``OUT/widths.png`` plots every run's widths per epoch
@@ -24,18 +24,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def done(d: Path, epochs: int, price: float) -> bool:
+def done(d: Path, epochs: int, price: float, decide_batch: int) -> bool:
     f = d / "report.json"
     if not f.exists():
         return False
     rep = json.loads(f.read_text())
-    return rep.get("epochs") == epochs and rep.get("price") == price
+    return (rep.get("epochs") == epochs and rep.get("price") == price
+            and rep.get("decide", {}).get("batch", 256) == decide_batch)
 
 
-def command(model: str, seed: int, epochs: int, price: float, d: Path, plots: bool) -> list[str]:
+def command(model: str, seed: int, epochs: int, price: float, decide_batch: int, d: Path, plots: bool) -> list[str]:
     return [sys.executable, "-m", "fastbayes", "demo", "--method", "bernoulli", "--model", model, "--seed",
-            str(seed), "--epochs", str(epochs), "--price", str(price), "--out", str(d)] + ([] if plots else
-                                                                                           ["--no-plots"])
+            str(seed), "--epochs", str(epochs), "--price", str(price), "--decide-batch", str(decide_batch),
+            "--out", str(d)] + ([] if plots else ["--no-plots"])
 
 
 def last_change(units: list[int]) -> int:
@@ -52,7 +53,7 @@ def summarize(out: Path) -> list[dict]:
     for f in sorted(out.glob("*/report.json")):
         r = json.loads(f.read_text())
         rows.append({"run": f.parent.name, "model": r["model"], "seed": r["seed"], "epochs": r["epochs"],
-                     "price": r["price"], "widths": list(r["kept_per_layer"].values()),
+                     "price": r["price"], "decide_batch": r.get("decide", {}).get("batch", 256), "widths": list(r["kept_per_layer"].values()),
                      "start_widths": list(r["total_per_layer"].values()),
                      "test_accuracy": r["test_accuracy_after"], "dense_test_accuracy": r["dense_test_accuracy"],
                      "compression_pct": r["compression_pct"], "gates_binary": r["gates_binary"],
@@ -116,6 +117,7 @@ def main(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--price", type=float, default=0.01)
+    p.add_argument("--decide-batch", type=int, default=256, help="examples that judge the units in transit")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/bernoulli_cost"))
     p.add_argument("--summarize", action="store_true", help="only rebuild OUT/summary.* and OUT/widths.png")
@@ -126,7 +128,8 @@ def main(argv=None):
         print((out / "summary.md").read_text())
         return
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    todo = [(m, s) for s in a.seeds for m in a.models if not done(out / f"{m}-s{s}", a.epochs, a.price)]
+    todo = [(m, s) for s in a.seeds for m in a.models
+            if not done(out / f"{m}-s{s}", a.epochs, a.price, a.decide_batch)]
     print(f"{len(todo)} runs to do, {a.jobs} at a time", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     running = []
@@ -135,8 +138,9 @@ def main(argv=None):
             m, s = todo.pop(0)
             d = out / f"{m}-s{s}"
             log = open(out / "logs" / f"{m}-s{s}.log", "w")
-            running.append(((m, s), log, subprocess.Popen(command(m, s, a.epochs, a.price, d, s == a.seeds[0]),
-                                                          cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)))
+            cmd = command(m, s, a.epochs, a.price, a.decide_batch, d, s == a.seeds[0])
+            running.append(((m, s), log, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+                                                          stderr=subprocess.STDOUT)))
             print(time.strftime("%H:%M:%S"), "start", m, s, flush=True)
         for item in list(running):
             (m, s), log, proc = item

@@ -160,6 +160,9 @@ def _parser() -> argparse.ArgumentParser:
     pd.add_argument("--price", type=_nonnegative_float, default=None,
                     help="bernoulli: the cost-aware prior's price of a parameter, in nats over the training set "
                          "(default 0.01; higher prunes more)")
+    pd.add_argument("--decide-batch", type=_int_at_least(1), default=None,
+                    help="bernoulli: examples on which the units in transit are judged after every epoch "
+                         "(default 256)")
     pd.add_argument("--particles", type=_int_at_least(2), default=8, help="dllp: number of SVGD particles")
     pd.add_argument("--svgd-epochs", type=_int_at_least(1), default=2,
                     help="dllp: SVGD epochs after the --epochs plain ones")
@@ -194,6 +197,8 @@ def main(argv=None) -> int:
                               f"got {args.model!r}")
         if args.price is not None and args.method != "bernoulli":
             demo_parser.error(f"argument --price: applies to bernoulli, not {args.method}")
+        if args.decide_batch is not None and args.method != "bernoulli":
+            demo_parser.error(f"argument --decide-batch: applies to bernoulli, not {args.method}")
         if args.post_training and args.method not in ("sbp", "bmrs_n", "bmrs_u"):
             demo_parser.error(f"argument --post-training: applies to sbp, bmrs_n and bmrs_u, not {args.method}")
         import fastbayes as fb
@@ -206,7 +211,8 @@ def main(argv=None) -> int:
             args.lr, args.max_train, plots=not args.no_plots, n_particles=args.particles,
             svgd_epochs=args.svgd_epochs, kl=args.kl, gate_lr_factor=args.gate_lr_factor, delta_f=args.delta_f,
             dense=not args.no_dense, post_training_steps=args.post_training or 0,
-            **({} if args.price is None else {"price": args.price}))
+            **({} if args.price is None else {"price": args.price}),
+            **({} if args.decide_batch is None else {"decide_batch": args.decide_batch}))
         return 0
     return bench(args)
 

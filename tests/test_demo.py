@@ -113,9 +113,10 @@ def test_bernoulli_demo_uses_the_cost_prior_and_ends_binary_after_one_epoch(tmp_
     --price is refused for the other methods."""
     args = ["demo", "--method", "bernoulli", "--dataset", "digits", "--model", "mlp-32-16", "--epochs", "1",
             "--max-train", "400", "--batch-size", "64", "--no-plots", "--no-dense", "--price", "0.5"]
-    assert main([*args, "--out", str(tmp_path)]) == 0
+    assert main([*args, "--decide-batch", "100", "--out", str(tmp_path)]) == 0
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["prior"] == "cost" and rep["price"] == 0.5 and rep["gates_binary"] is True
+    assert rep["decide"]["batch"] == 100
     assert rep["units_in_transit_at_end"] == 0 and rep["history"][0]["expected_params"] > 0
     assert sum(rep["kept_per_layer"].values()) <= sum(rep["total_per_layer"].values())
     for bad in (["--price", "-1"], ["--price", "nan"]):
@@ -124,3 +125,8 @@ def test_bernoulli_demo_uses_the_cost_prior_and_ends_binary_after_one_epoch(tmp_
     with pytest.raises(SystemExit):
         main(["demo", "--method", "bmrs_n", "--price", "0.1", "--out", str(tmp_path)])
     assert "--price: applies to bernoulli" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--method", "dllp", "--decide-batch", "64", "--out", str(tmp_path)])
+    assert "--decide-batch: applies to bernoulli" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--decide-batch", "0", "--out", str(tmp_path)])

@@ -156,7 +156,8 @@ def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None 
         finetune: int | None = None, seed: int = 0, out: str | Path = "fastbayes-demo", batch_size: int = 128,
         lr: float = 1e-3, max_train: int | None = None, plots: bool = True, quiet: bool = False, *,
         n_particles: int = 8, svgd_epochs: int = 2, kl: str = "mean", gate_lr_factor: float = 10.0,
-        delta_f: str = "code", dense: bool = True, post_training_steps: int = 0, price: float = PRICE) -> dict:
+        delta_f: str = "code", dense: bool = True, post_training_steps: int = 0, price: float = PRICE,
+        decide_batch: int | None = None) -> dict:
     """Train, prune, compact and measure; returns the report dict, also written to ``out/report.json``.
 
     * ``method``: "sbp", "bmrs_n", "bmrs_u" (gated training, masks recomputed every epoch, the last ``finetune``
@@ -170,6 +171,8 @@ def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None 
     * ``gate_lr_factor``: lr multiplier of the gates' μ and log σ, 10 by default so that log σ moves in ~2 epochs
       instead of ~15 (docs/METHODS.md §1.4).
     * ``price``: "bernoulli"'s cost-aware prior, nats per parameter over the training set (``CostPrior``).
+    * ``decide_batch``: "bernoulli": training examples on which ``decide`` judges the units in transit after every
+      epoch (default ``DECIDE_BATCH``; their exact gradients' noise floor sets the final widths; docs/RESULTS.md §2).
     * ``delta_f``: ΔF_N of "bmrs_n", "code" (the released code's, +½·log 2π; prunes) or "paper" (exact);
       docs/METHODS.md §2.3.
     * ``post_training_steps`` > 0: BMRS §5 instead of pruning while training: all ``epochs`` train without masks,
@@ -180,7 +183,7 @@ def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None 
     Raises ValueError naming the argument for bad values."""
     if method == "bernoulli":
         return _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_train, plots, quiet, dense,
-                              price)
+                              price, decide_batch)
     if method == "dllp":
         return _run_dllp(model_name, dataset, epochs, seed, out, batch_size, lr, max_train, plots, quiet,
                          n_particles, svgd_epochs)
@@ -597,7 +600,7 @@ DECIDE_MAX_UNITS = None  # units judged per gate and epoch (two forwards of DECI
 
 
 def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_train, plots, quiet,
-                   dense=True, price=PRICE) -> dict:
+                   dense=True, price=PRICE, decide_batch=None) -> dict:
     """Train with Bernoulli gates and a ``Shrinker`` (units leave the model while it trains), fold the gates away and
     report the common keys (``*_before``: the network at its starting width; its accuracy is that of the gated
     model, which never ran dense after training), the ``dense_*`` keys of the trained dense baseline, plus
@@ -611,6 +614,9 @@ def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_t
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"need epochs >= 1, got {epochs!r}")
     price = check_price(price)       # before _prepare writes anything
+    decide_batch = DECIDE_BATCH if decide_batch is None else decide_batch
+    if isinstance(decide_batch, bool) or not isinstance(decide_batch, int) or decide_batch < 1:
+        raise ValueError(f"decide_batch must be a positive integer, got {decide_batch!r}")
     out, dataset, train, val, test = _prepare(out, dataset, seed, max_train)
     init_state = torch.get_rng_state()       # the dense baseline is built from the same state: same weights
     model = build(model_name, tuple(train.x.shape[1:]))
@@ -635,7 +641,7 @@ def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_t
 
     def decide_in_transit(last: bool) -> int:
         """The units still inside (0, 1) set to 0 or 1 by their exact gradient on a fresh batch, then removed."""
-        idx = torch.randint(0, n, (DECIDE_BATCH,))
+        idx = torch.randint(0, n, (decide_batch,))
         xb, yb = train.x[idx], train.y[idx]
         model.train()
         done = B.decide(model, lambda m: F.cross_entropy(m(xb), yb, reduction="none"), lambda: prior() / n,
@@ -706,7 +712,7 @@ def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_t
         "gates_binary": binary, "train_step_ms_start": step_ms[0], "train_step_ms_end": step_ms[-1],
         "train_step_ms_per_epoch": step_ms, "units_per_epoch": units,
         "gate_options": dict(BERNOULLI_OPTIONS), "prior": "cost", "price": float(price),
-        "decide": {"batch": DECIDE_BATCH, "z": DECIDE_Z, "max_drop": DECIDE_MAX_DROP, "max_units": DECIDE_MAX_UNITS},
+        "decide": {"batch": decide_batch, "z": DECIDE_Z, "max_drop": DECIDE_MAX_DROP, "max_units": DECIDE_MAX_UNITS},
         "theta_optimizer": "SGD", "theta_lr": THETA_LR, "shrinker_freeze": False,
         "units_in_transit_after_training": in_transit_after_training, "units_in_transit_at_end": in_transit_after,
         "shrink_events": [h for h in shrinker.history if h["removed"]],
