@@ -4,11 +4,14 @@ BMRS's Lenet5 (6-16-120-84, 32×32 inputs) on Fashion-MNIST (80/20 split of the 
 test set), every method at the same per-layer sparsity and at most the same training compute, counted in
 forward-backward passes over the training set ("epochs"):
 
-* ``dllp``: the plain network (``--epochs`` E) → ``--particles`` n particles moved by function-space SVGD for
-  ``--svgd-epochs`` S (fastbayes.dllp defaults) → pruned by the particles' consensus mask.  Compute E + n·S.  Its
-  per-layer kept counts define the sparsity of every other method.
+* ``dllp_shared``: the plain network (``--epochs`` E) → ``--particles`` n particles moved by f-SVGD proper for
+  ``--svgd-epochs`` S (kernel on the outputs, one shared minibatch per step) → pruned by the particles' consensus
+  mask.  Compute E + n·S.  Its per-layer kept counts define the sparsity of every other method.
+* ``dllp``: the same with fastbayes.dllp's defaults (function kernel, each particle its own minibatch, the kernel on
+  32 shared inputs per step), pruned to the same per-layer counts by mean slab responsibility.  Compute E + n·S
+  (+ 32/B for the shared inputs).
 * ``dllp_weight``: the same with weight-space SVGD and a minibatch per particle (the "independent-minibatch
-  ensemble" of RESULTS §3), pruned to the same per-layer counts by mean slab responsibility.  Compute E + n·S.
+  ensemble" of RESULTS §3), pruned to the same per-layer counts.  Compute E + n·S.
 * ``point``: the plain network magnitude-pruned (L2 of incoming weights) at those counts, compacted, fine-tuned for
   n·S epochs.  Compute E + n·S.  ``point_temperature`` (in the same file): its logits divided by a temperature fitted
   on the validation split (no extra training).
@@ -44,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-METHODS = ("plain", "dllp", "dllp_weight", "point", "deep_ensemble", "mc_dropout")
+METHODS = ("plain", "dllp_shared", "dllp", "dllp_weight", "point", "deep_ensemble", "mc_dropout")
 OOD_N = 2000
 
 
@@ -179,10 +182,10 @@ def run_seed(seed: int, args) -> None:
               t0, E)
 
     masks_path = cache / f"seed{seed}_masks.pt"
-    if not masks_path.exists() or not done("dllp"):
+    if not masks_path.exists() or not done("dllp_shared"):
         t0 = time.time()
         ens = dllp.ParticleEnsemble(plain, n, generator=torch.Generator().manual_seed(seed))
-        hist = ens.fit(train, S, args.lr, args.batch_size, seed=seed)
+        hist = ens.fit(train, S, args.lr, args.batch_size, seed=seed, kernel="function", per_particle_batches=False)
         masks = ens.consensus_mask()
         torch.save(masks, masks_path)
         pruned = ens.pruned(masks)
@@ -190,24 +193,26 @@ def run_seed(seed: int, args) -> None:
         rep.update(history=hist, kept_per_layer={k: int(v.sum()) for k, v in masks.items()},
                    total_per_layer={k: int(v.numel()) for k, v in masks.items()},
                    sparsity_units=dllp.sparsity(masks), params=count_params(ens.compact_mean(example, masks)))
-        write("dllp", rep, t0, budget)
+        write("dllp_shared", rep, t0, budget)
     masks = torch.load(masks_path)
     counts = {k: int(v.sum()) for k, v in masks.items()}
 
-    if not done("dllp_weight"):
+    for method, kernel in (("dllp", "function"), ("dllp_weight", "weight")):
+        if done(method):
+            continue
         t0 = time.time()
         ens = dllp.ParticleEnsemble(plain, n, generator=torch.Generator().manual_seed(seed))
-        hist = ens.fit(train, S, args.lr, args.batch_size, seed=seed, kernel="weight", per_particle_batches=True)
+        hist = ens.fit(train, S, args.lr, args.batch_size, seed=seed, kernel=kernel, per_particle_batches=True)
         mean_r = {k: v.double().mean(0) for k, v in ens.responsibilities().items()}
-        wmasks = {}
-        for k, r in mean_r.items():       # the dllp run's per-layer counts, by mean slab responsibility
+        own_masks = {}
+        for k, r in mean_r.items():       # the dllp_shared run's per-layer counts, by mean slab responsibility
             keep = torch.zeros(r.numel(), dtype=torch.bool)
             keep[torch.topk(r, counts[k]).indices] = True
-            wmasks[k] = keep
-        pruned = ens.pruned(wmasks)
+            own_masks[k] = keep
+        pruned = ens.pruned(own_masks)
         rep = evaluate(lambda x: pruned.predict(x), test, ood)
         rep.update(history=hist, consensus_kept=sum(int(v.sum()) for v in ens.consensus_mask().values()))
-        write("dllp_weight", rep, t0, budget)
+        write(method, rep, t0, budget)
 
     if not done("point"):
         t0 = time.time()
@@ -252,7 +257,9 @@ def vars_of(args) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 # summary
 
-ROWS = [("dllp", "DLLP ensemble (function-space SVGD)"), ("dllp_weight", "DLLP, weight-space SVGD, own minibatches"),
+ROWS = [("dllp", "DLLP ensemble (function kernel, own minibatches; default)"),
+        ("dllp_shared", "DLLP, f-SVGD on a shared minibatch"),
+        ("dllp_weight", "DLLP, weight-space SVGD, own minibatches"),
         ("deep_ensemble", "deep ensemble (n independent, pruned)"), ("mc_dropout", "MC dropout on the pruned net"),
         ("point", "point estimate (pruned, fine-tuned)"), ("point_temperature", "point estimate + temperature"),
         ("plain", "plain dense network (not pruned)")]
@@ -295,10 +302,10 @@ def summarize(out: Path) -> None:
         lines.append(f"| {label} | {len(r)} | {'/'.join(str(x) for x in c)} | "
                      + " | ".join(fmt([v.get(k) for v in r.values()]) for k, _ in KEYS)
                      + f" | {fmt([v.get('mutual_information') for v in r.values()])} |")
-    d = runs.get("dllp", {})
+    d = runs.get("dllp_shared", {})
     if d:
         any_rep = next(iter(d.values()))
-        lines += ["", f"Kept units per layer (dllp consensus, seed {next(iter(d))}): {any_rep['kept_per_layer']} of "
+        lines += ["", f"Kept units per layer (dllp_shared consensus, seed {next(iter(d))}): {any_rep['kept_per_layer']} of "
                       f"{any_rep['total_per_layer']}; units pruned {fmt([v['sparsity_units'] for v in d.values()])}.",
                   "", "OOD AUROC per set:", "", "| method | " + " | ".join(any_rep["ood_auroc_per_set"]) + " |",
                   "|---|" + "---:|" * len(any_rep["ood_auroc_per_set"])]
@@ -308,7 +315,7 @@ def summarize(out: Path) -> None:
                 lines.append(f"| {label} | " + " | ".join(fmt([v["ood_auroc_per_set"].get(s) for v in r.values()])
                                                       for s in any_rep["ood_auroc_per_set"]) + " |")
         lines += ["", "SVGD repulsion / driving (last epoch, in the weights):", ""]
-        for key in ("dllp", "dllp_weight"):
+        for key in ("dllp", "dllp_shared", "dllp_weight"):
             r = runs.get(key, {})
             if r:
                 lines.append(f"* {key}: " + ", ".join(f"seed {s}: {v['history'][-1]['repulsion_ratio']:.2e}"

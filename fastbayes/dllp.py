@@ -251,15 +251,6 @@ def sparsity(masks: Mapping[str, Tensor]) -> float:
 # ------------------------------------------------------------------------------------------------------------------
 # the particle ensemble
 
-def _mixup(x: Tensor, m: int, gen: Optional[torch.Generator]) -> Tensor:
-    """``m`` measurement inputs off the data: convex mixtures λ·x_a + (1 − λ)·x_b of random pairs of the batch ``x``,
-    λ ~ U(0, 1) per point."""
-    a = torch.randint(0, len(x), (m,), generator=gen).to(x.device)
-    bb = torch.randint(0, len(x), (m,), generator=gen).to(x.device)
-    lam = torch.rand(m, *([1] * (x.dim() - 1)), generator=gen, dtype=x.dtype).to(x.device)
-    return lam * x[a] + (1 - lam) * x[bb]
-
-
 def _xy(data):
     if isinstance(data, (tuple, list)) and len(data) == 2:
         x, y = data
@@ -427,38 +418,38 @@ class ParticleEnsemble:
     def fit(self, data, epochs: int = 1, lr: float = 1e-3, batch_size: int = 128, *,
             num_examples: Optional[int] = None, bandwidth: Optional[float] = None,
             optimizer=torch.optim.Adam, seed: Optional[int] = None, kernel: str = "function",
-            per_particle_batches: Optional[bool] = None, temperature: float = 1.0, bandwidth_scale: float = 1.0,
-            measurement: int = 0,
+            per_particle_batches: bool = True, temperature: float = 1.0, bandwidth_scale: float = 1.0,
+            measurement: Optional[int] = None,
             callback: Optional[Callable[[int, "ParticleEnsemble"], Optional[dict]]] = None,
             progress: bool = False) -> list[dict]:
         """Run SVGD on the particles for ``epochs`` passes over ``data`` (an (x, y) pair or a Split).
 
-        Two kernels (METHODS.md §4.2):
+        Two kernels (METHODS.md §4.2), with N = ``num_examples`` (default len(data)) and T = ``temperature``:
 
-        * ``kernel="function"`` (default): function-space SVGD (Wang et al. 2019).  Per minibatch of B examples,
-          shared by all particles, the particles are their centred logits F_i on the batch ([B·C] each), their
-          scores the likelihood's S_i = (N/(B·T))·∇_F log p(y | F_i) (N = ``num_examples``, default len(data); T =
-          ``temperature``), and ``fastbayes.ops.svgd_direction`` gives φ^f in function space (RBF kernel on the
-          outputs, median bandwidth).  φ^f is pulled back to the weights through each particle's own Jacobian (one
-          backward pass, the f-SVGD approximation J_j ≈ J_i), and the spike-and-slab prior's score enters each
-          particle's own update with SVGD's 1/n.
+        * ``kernel="function"`` (default): the RBF kernel on the particles' outputs (after function-space SVGD, Wang
+          et al. 2019).  Particle i is represented by its centred logits f_i on common inputs and its kernel's
+          gradient is pulled back through its own Jacobian (the f-SVGD approximation Jⱼ ≈ Jᵢ).  With per-particle
+          batches (default) the common inputs are a shared batch of ``measurement`` examples per step and each
+          particle's score is the weight-space (N/(B·T))·∇ log-lik(own minibatch) + ∇ log prior, smoothed over the
+          particles by the function-space kernel: φ_i = (Σ_j k_ij s_j + Jᵢᵀ Σ_j ∇_{f_j} k(f_j, f_i))/n.  With one
+          shared batch (``per_particle_batches=False``) it is f-SVGD proper: the likelihood's score in function
+          space, ∇_f (N/(B·T)) log p(y | f_i), goes through the fused ``svgd_direction`` on the outputs and the
+          prior's score enters each particle's own update with SVGD's 1/n.
         * ``kernel="weight"``: SVGD on the weights: .grad of each particle holds −[(N/(B·T))·∇ log-lik + ∇ log
           prior] and ``fastbayes.svgd.SVGD`` turns it into −φ for ``optimizer`` (lr ``lr``).  Its repulsion is
           ~1e-5 of the driving term on LeNet5 (docs/RESULTS.md §3).
 
         Args:
             kernel: "function" (default) or "weight", see above.
-            per_particle_batches: weight kernel only.  True (its default): every particle draws its own minibatch
-                each step (its own permutation of the data per epoch, one vmapped forward over [n, B] inputs — the
-                same cost as a shared batch), so each particle's score is an independent unbiased estimate of its
-                full-data score; False: all particles share one minibatch.  The function kernel compares the
-                particles' outputs on common inputs, so it always shares the batch (True is refused).
+            per_particle_batches: True (default): every particle draws its own minibatch each step (its own
+                permutation of the data per epoch, one vmapped forward over [n, B] inputs — the same cost as a shared
+                batch), so each particle's score is an independent unbiased estimate of its full-data score; False:
+                all particles share one minibatch (their score noise is then common and does not separate them).
+            measurement: function kernel with per-particle batches: the shared inputs per step on which the kernel
+                compares the particles (default min(batch_size, 32); one more forward and backward over them).
             temperature: T > 0 of the tempered posterior p(D|w)^(1/T) p(w) (default 1, the Bayes posterior).
             bandwidth: a fixed RBF bandwidth h; None (default): the median heuristic h = med²/log(n + 1).
             bandwidth_scale: multiplies the median-heuristic h (default 1; only with ``bandwidth=None``).
-            measurement: function kernel only: this many extra inputs per step, mixtures λ·x_a + (1 − λ)·x_b of
-                random pairs of the batch (λ ~ U(0, 1)), on which the kernel also compares the particles but no
-                likelihood acts (default 0: the batch alone).
 
         ``callback(epoch, self)`` may return a dict merged into that epoch's history entry.  Returns the history (also
         in ``self.history``): per epoch the mean NLL per example, the mean responsibility, the units the consensus mask
@@ -477,17 +468,15 @@ class ParticleEnsemble:
         bandwidth_scale = _finite("bandwidth_scale", bandwidth_scale, positive=True)
         if kernel not in ("function", "weight"):
             raise ValueError(f"kernel must be 'function' or 'weight', got {kernel!r}")
-        if per_particle_batches is None:
-            per_particle_batches = kernel == "weight"
         if not isinstance(per_particle_batches, bool):
-            raise ValueError(f"per_particle_batches must be a bool or None, got {per_particle_batches!r}")
-        if isinstance(measurement, bool) or not isinstance(measurement, int) or measurement < 0:
-            raise ValueError(f"measurement must be a non-negative integer, got {measurement!r}")
-        if measurement and kernel != "function":
-            raise ValueError("measurement points belong to the function kernel (kernel='function')")
-        if kernel == "function" and per_particle_batches:
-            raise ValueError("per_particle_batches=True needs kernel='weight': the function kernel compares the "
-                             "particles' outputs on one shared batch")
+            raise ValueError(f"per_particle_batches must be a bool, got {per_particle_batches!r}")
+        if measurement is not None and (isinstance(measurement, bool) or not isinstance(measurement, int)
+                                        or measurement < 2):
+            raise ValueError(f"measurement must be an integer >= 2 or None, got {measurement!r}")
+        if measurement is not None and not (kernel == "function" and per_particle_batches):
+            raise ValueError("measurement sets the shared inputs of the function kernel with per-particle batches "
+                             "(kernel='function', per_particle_batches=True)")
+        measurement = min(batch_size, 32) if measurement is None else measurement
         if bandwidth is not None and bandwidth_scale != 1.0:
             raise ValueError("bandwidth_scale applies to the median heuristic only; pass bandwidth=None with it")
         n_data = len(x) if num_examples is None else _posint("num_examples", num_examples)
@@ -514,6 +503,7 @@ class ParticleEnsemble:
         for epoch in range(epochs):
             if per_particle_batches:
                 perm = torch.stack([torch.randperm(len(x), generator=gen) for _ in range(n)])   # [n, N]
+                mperm = torch.randperm(len(x), generator=gen)     # the function kernel's shared inputs
             else:
                 perm = torch.randperm(len(x), generator=gen)
             starts = range(0, len(x), batch_size)
@@ -538,17 +528,26 @@ class ParticleEnsemble:
                 else:
                     idx = perm[i:i + batch_size]
                     b = len(idx)
-                    xb = x[idx].to(dev)
-                    if kernel == "function" and measurement:
-                        xb = torch.cat([xb, _mixup(xb, measurement, gen)])
-                    out = self(xb)
+                    out = self(x[idx].to(dev))
                     yb = y[idx].to(dev).repeat(n)
                 last = i == diag_at
-                if kernel == "function":
+                if kernel == "function" and not per_particle_batches:
                     nll, diag_f = self._function_step(out, yb.view(n, b), n_data / (b * temperature), plist,
                                                       bandwidth, bandwidth_scale, last)
                     opt.step()
                     nll_sum += float(nll)
+                    if last:
+                        diag = diag_f
+                    continue
+                if kernel == "function":          # own batches drive; the kernel compares shared inputs
+                    nll = F.cross_entropy(out.flatten(0, 1), yb, reduction="sum")
+                    (nll * (n_data / (b * temperature))).backward()
+                    self._add_prior_grad()
+                    j = (i // batch_size * measurement) % max(len(x) - measurement + 1, 1)
+                    xm = x[mperm[j:j + measurement]].to(dev)
+                    diag_f = self._kernel_on_outputs(xm, plist, bandwidth, bandwidth_scale, last)
+                    opt.step()
+                    nll_sum += float(nll.detach())
                     if last:
                         diag = diag_f
                     continue
@@ -577,6 +576,48 @@ class ParticleEnsemble:
             p.grad = None
         return self.history
 
+    def _kernel_on_outputs(self, xm: Tensor, plist: list[Tensor], bandwidth: Optional[float], bandwidth_scale: float,
+                           diagnose: bool) -> dict:
+        """SVGD with the kernel on the particles' outputs over shared inputs ``xm``, each particle's score from its own
+        minibatch: with .grad = −s_i (the weight-space scores), .grad becomes −φ_i = −(Σ_j k_ij s_j + Jᵢᵀ r_i)/n,
+        k_ij = exp(−‖f_i − f_j‖²/h) on the centred logits f_i = f(w_i; xm) and r_i = (2/h) Σ_j k_ij (f_i − f_j) the
+        kernel's gradient, pulled back through particle i's own Jacobian (exact in the driving part: the kernel is a
+        function of the weights; the f-SVGD approximation Jⱼ ≈ Jᵢ in the repulsive one)."""
+        from .reference.svgd import kernel_from_dists, pairwise_sq_dists
+        n = self.n_particles
+        out = self(xm)
+        f = out - out.mean(-1, keepdim=True)
+        with torch.no_grad():
+            fd = f.detach().flatten(1).double()
+            d = pairwise_sq_dists([fd])
+            h = bandwidth
+            if h is None:
+                h = float(kernel_from_dists(d, None)[1]) * bandwidth_scale
+            K, hh = kernel_from_dists(d, h)
+            rep_f = (2.0 / hh) * (K.sum(1, keepdim=True) * fd - K @ fd)
+        rep_w = torch.autograd.grad(f, plist, rep_f.to(f.dtype).view_as(f), allow_unused=True)
+        drive = rep = var_sum = 0.0
+        count = 0
+        with torch.no_grad():
+            for p, r in zip(plist, rep_w):
+                if p.grad is None:
+                    continue
+                G = p.grad.reshape(n, -1)
+                kg = K.to(G.dtype) @ G                                # Σ_j k_ij (−s_j)
+                r = torch.zeros_like(G) if r is None else r.reshape(n, -1)
+                if diagnose:
+                    drive += float(kg.double().pow(2).sum())
+                    rep += float(r.double().pow(2).sum())
+                    var_sum += float(p.detach().reshape(n, -1).double().var(0, correction=1).sum())
+                    count += G.shape[1]
+                p.grad = ((kg - r) / n).reshape(p.shape)
+        if not diagnose:
+            return {}
+        iu = torch.triu_indices(n, n, 1)
+        return {"bandwidth": float(hh), "median_sq_dist": float(d[iu[0], iu[1]].median()),
+                "repulsion_ratio": math.sqrt(rep / drive) if drive > 0 else float("inf"),
+                "rms_spread": math.sqrt(var_sum / max(count, 1))}
+
     def _function_step(self, out: Tensor, y: Tensor, scale: float, plist: list[Tensor], bandwidth: Optional[float],
                        bandwidth_scale: float, diagnose: bool) -> tuple[float, dict]:
         """One function-space SVGD step's gradients: .grad = −(J_iᵀ φ^f_i + ∇ log prior(w_i) / n) for the particles'
@@ -590,7 +631,7 @@ class ParticleEnsemble:
             logp = torch.log_softmax(out.detach()[:, :b].double(), -1)
             nll = float(-logp.gather(-1, y[..., None]).sum())
             score = torch.zeros(f.shape, dtype=torch.float64, device=f.device)
-            # ∇_f of (N/(B·T))·log p(y | f); measurement points beyond the batch carry no likelihood
+            # ∇_f of (N/(B·T))·log p(y | f)
             score[:, :b] = (F.one_hot(y, out.shape[-1]).double() - logp.exp()).mul_(scale)
             h = bandwidth
             if h is None and bandwidth_scale != 1.0 or diagnose:

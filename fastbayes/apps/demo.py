@@ -447,10 +447,10 @@ def _run_dllp(model_name, dataset, epochs, seed, out, batch_size, lr, max_train,
         log(f"svgd epoch {e + 1}: val acc (ensemble) {acc:.4f}, consensus keeps {kept} units")
         return {"phase": "svgd", "val_accuracy": acc}
 
-    # particles: the trained network jittered by 0.1 × each parameter tensor's std, moved by function-space SVGD (the
-    # kernel on the particles' outputs over each shared batch; docs/METHODS.md §4.2, RESULTS.md §3)
+    # particles: the trained network jittered by 0.1 × each parameter tensor's std, each drawing its own minibatches,
+    # moved by SVGD with the kernel on their outputs over shared inputs (docs/METHODS.md §4.2, RESULTS.md §3)
     svgd_settings = {"noise": dllp.DEFAULT_NOISE, "noise_scale": "relative", "kernel": "function",
-                     "per_particle_batches": False, "temperature": 1.0,
+                     "per_particle_batches": True, "measurement": min(batch_size, 32), "temperature": 1.0,
                      "bandwidth": "median heuristic med²/log(n+1)"}
     ens = dllp.ParticleEnsemble(model, n_particles, dllp.DEFAULT_NOISE, noise_scale="relative")
     for h in ens.fit(train, svgd_epochs, lr, batch_size, seed=seed, kernel="function", temperature=1.0,
