@@ -66,3 +66,36 @@ def test_sharded_equals_single_process(bandwidth):
         for i, phi, p in zip(mine, map(torch.from_numpy, phis), map(torch.from_numpy, params)):
             torch.testing.assert_close(phi, want[i], rtol=1e-6, atol=1e-6)
             torch.testing.assert_close(p, xs[i] + 0.1 * want[i], rtol=1e-6, atol=1e-6)
+
+
+def _nccl_worker(port, out):
+    from fastbayes.svgd import sharded_direction
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("nccl", rank=0, world_size=1)
+    xs, ss = _tensors()
+    phis, h = sharded_direction([x.cuda() for x in xs], [s.cuda() for s in ss], None)
+    out.put(([p.cpu().numpy().copy() for p in phis], float(h)))
+    out.close()
+    out.join_thread()
+    dist.destroy_process_group()
+    os._exit(0)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and dist.is_nccl_available()), reason="needs CUDA and NCCL")
+def test_sharded_over_nccl_equals_direct():
+    """The sharded path's all-reduce over NCCL (one rank per GPU: one rank on a one-GPU machine) gives the direct φ."""
+    from fastbayes.ops.svgd import direction_and_bandwidth
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    p = ctx.Process(target=_nccl_worker, args=(_free_port(), out))
+    p.start()
+    phis, h = out.get(timeout=240)
+    p.join(timeout=60)
+    assert p.exitcode == 0
+    xs, ss = _tensors()
+    want, h_want = direction_and_bandwidth([x.cuda() for x in xs], [s.cuda() for s in ss], None)
+    assert h == pytest.approx(float(h_want), rel=1e-6)
+    for phi, w in zip(map(torch.from_numpy, phis), want):
+        torch.testing.assert_close(phi, w.cpu(), rtol=1e-6, atol=1e-6)
