@@ -422,12 +422,7 @@ def plot_reliability_diagram(probs, labels: Tensor, path, n_bins: int = N_BINS, 
     ax.legend(fontsize=8, loc="upper left")
     axh.set_xlabel("confidence (max predicted probability)")
     axh.set_ylabel("fraction")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 _COLORS = ["#3a7bd5", "#c0392b", "#27ae60", "#8e44ad", "#e67e22", "#16a085"]

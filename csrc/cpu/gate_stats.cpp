@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <tuple>
+#include <utility>
 
 #include "../common/convert.h"
 #include "../common/kl_with_grad.h"
@@ -23,8 +24,13 @@ constexpr int64_t kGrain = 2048;
 // exact-path units of a chunk are collected and done after its fast ones, so the hot loop stays small
 constexpr int kDeferred = 128;
 
-void check_cpu(const at::Tensor& mu) {
+// The arguments every per-unit op checks; returns (μ, log σ) contiguous.
+std::pair<at::Tensor, at::Tensor> checked_units(const at::Tensor& mu, const at::Tensor& log_sigma, double a, double b) {
+  check_unit_tensor(mu, "mu", mu);
+  check_unit_tensor(log_sigma, "log_sigma", mu);
   TORCH_CHECK(mu.device().is_cpu(), "mu must be a CPU tensor for the CPU kernel, got ", mu.device());
+  check_bounds(a, b, "a", "b");
+  return {mu.contiguous(), log_sigma.contiguous()};
 }
 
 // Per chunk: fast(i, kind, μ, σ, α, β) on the units of the ordinary regime (math.h fast_kind), then exact(i) on the
@@ -55,11 +61,7 @@ void for_units(int64_t n, const DoubleReader& mr, const DoubleReader& lr, double
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gate_stats_cpu(const at::Tensor& mu, const at::Tensor& log_sigma,
                                                               double a, double b) {
-  check_unit_tensor(mu, "mu", mu);
-  check_unit_tensor(log_sigma, "log_sigma", mu);
-  check_cpu(mu);
-  check_bounds(a, b, "a", "b");
-  const at::Tensor m = mu.contiguous(), ls = log_sigma.contiguous();
+  const auto [m, ls] = checked_units(mu, log_sigma, a, b);
   at::Tensor kl = at::empty_like(m), mean = at::empty_like(m), snr = at::empty_like(m);
   const DoubleReader mr(m), lr(ls);
   const DoubleWriter klw(kl), meanw(mean), snrw(snr);
@@ -80,12 +82,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gate_stats_cpu(const at::Tensor& 
 
 std::tuple<at::Tensor, at::Tensor> gate_stats_backward_cpu(const at::Tensor& grad_kl, const at::Tensor& mu,
                                                            const at::Tensor& log_sigma, double a, double b) {
-  check_unit_tensor(mu, "mu", mu);
-  check_unit_tensor(log_sigma, "log_sigma", mu);
+  const auto [m, ls] = checked_units(mu, log_sigma, a, b);
   check_unit_tensor(grad_kl, "grad_kl", mu);
-  check_cpu(mu);
-  check_bounds(a, b, "a", "b");
-  const at::Tensor g = grad_kl.contiguous(), m = mu.contiguous(), ls = log_sigma.contiguous();
+  const at::Tensor g = grad_kl.contiguous();
   at::Tensor dmu = at::empty_like(m), dls = at::empty_like(ls);
   const DoubleReader gr(g), mr(m), lr(ls);
   const DoubleWriter dmuw(dmu), dlsw(dls);
@@ -106,11 +105,7 @@ std::tuple<at::Tensor, at::Tensor> gate_stats_backward_cpu(const at::Tensor& gra
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_with_grad_cpu(const at::Tensor& mu, const at::Tensor& log_sigma,
                                                                 double a, double b) {
-  check_unit_tensor(mu, "mu", mu);
-  check_unit_tensor(log_sigma, "log_sigma", mu);
-  check_cpu(mu);
-  check_bounds(a, b, "a", "b");
-  const at::Tensor m = mu.contiguous(), ls = log_sigma.contiguous();
+  const auto [m, ls] = checked_units(mu, log_sigma, a, b);
   at::Tensor kl = at::empty_like(m);
   at::Tensor dmu = at::empty(m.sizes(), m.options().dtype(at::kDouble));
   at::Tensor dls = at::empty(m.sizes(), m.options().dtype(at::kDouble));
