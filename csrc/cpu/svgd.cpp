@@ -74,16 +74,22 @@ void gram_tile_generic(const T* buf, int64_t npad, int64_t ct, double* G) {
   }
 }
 
-// x[i][t0 + c] − x[0][t0 + c] into buf[i][c], zero columns [w, ct); compiled for AVX2 when it runs
+// x[i][t0 + c] − x[0][t0 + c] into buf[i][c], zero columns [w, ct); returns max |buf| (NaNs ignored, as
+// std::max ignores them), which the caller needs for its overflow guard: computed here, in the same pass
 template <typename T>
-inline void shift_rows(const T* x, int64_t n, int64_t m, int64_t t0, int64_t w, int64_t ct, T* buf) {
+inline T shift_rows(const T* x, int64_t n, int64_t m, int64_t t0, int64_t w, int64_t ct, T* buf) {
   const T* ref = x + t0;
+  T amax = 0;
   for (int64_t i = 0; i < n; ++i) {
     const T* xi = x + i * m + t0;
     T* bi = buf + i * ct;
-    for (int64_t c = 0; c < w; ++c) bi[c] = xi[c] - ref[c];
+    for (int64_t c = 0; c < w; ++c) {
+      bi[c] = xi[c] - ref[c];
+      amax = std::max(amax, std::fabs(bi[c]));
+    }
     for (int64_t c = w; c < ct; ++c) bi[c] = T(0);
   }
+  return amax;
 }
 
 #ifdef FB_SVGD_AVX2
@@ -164,9 +170,32 @@ __attribute__((target("avx512f,avx512dq"))) void gram_tile_avx512(const float* b
   }
 }
 
-__attribute__((target("avx2,fma"))) void shift_rows_avx2(const float* x, int64_t n, int64_t m, int64_t t0,
-                                                        int64_t w, int64_t ct, float* buf) {
-  shift_rows<float>(x, n, m, t0, w, ct, buf);
+// shift_rows with explicit vectors (the max-abs reduction does not auto-vectorise: std::max's NaN order)
+__attribute__((target("avx2,fma"))) float shift_rows_avx2(const float* x, int64_t n, int64_t m, int64_t t0,
+                                                         int64_t w, int64_t ct, float* buf) {
+  const float* ref = x + t0;
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 vmax = _mm256_setzero_ps();
+  float amax = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * m + t0;
+    float* bi = buf + i * ct;
+    int64_t c = 0;
+    for (; c + 8 <= w; c += 8) {
+      const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(xi + c), _mm256_loadu_ps(ref + c));
+      _mm256_storeu_ps(bi + c, d);
+      vmax = _mm256_max_ps(_mm256_andnot_ps(sign, d), vmax);   // a NaN lane keeps vmax (second operand)
+    }
+    for (; c < w; ++c) {
+      bi[c] = xi[c] - ref[c];
+      amax = std::max(amax, std::fabs(bi[c]));
+    }
+    for (; c < ct; ++c) bi[c] = 0.0f;
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vmax);
+  for (float v : lanes) amax = std::max(amax, v);
+  return amax;
 }
 
 // the shared run-time ISA choice (csrc/cpu/isa.h), so FASTBAYES_CPU_ISA caps this op too
@@ -195,26 +224,22 @@ void gram_chunk(const T* x, int64_t n, int64_t m, int64_t c0, int64_t c1, std::v
   if (buf.size() < static_cast<size_t>(npad * ct_max)) buf.assign(npad * ct_max, T(0));
   for (int64_t t0 = c0; t0 < c1; t0 += ct_max) {
     const int64_t w = std::min(ct_max, c1 - t0), ct = round_up(w, L);
+    T amax;
 #ifdef FB_SVGD_AVX2
     if constexpr (std::is_same_v<T, float>) {
-      if (use_avx2()) {
-        shift_rows_avx2(x, n, m, t0, w, ct, buf.data());
-      } else {
-        shift_rows<T>(x, n, m, t0, w, ct, buf.data());
-      }
+      amax = use_avx2() ? shift_rows_avx2(x, n, m, t0, w, ct, buf.data())
+                        : shift_rows<T>(x, n, m, t0, w, ct, buf.data());
     } else {
-      shift_rows<T>(x, n, m, t0, w, ct, buf.data());
+      amax = shift_rows<T>(x, n, m, t0, w, ct, buf.data());
     }
 #else
-    shift_rows<T>(x, n, m, t0, w, ct, buf.data());
+    amax = shift_rows<T>(x, n, m, t0, w, ct, buf.data());
 #endif
     std::fill(buf.begin() + n * ct, buf.begin() + npad * ct, T(0));  // padded rows
     if constexpr (std::is_same_v<T, float>) {
       // float lanes accumulate products: |x| beyond ~1e17 (or below ~1e-17) would overflow (underflow) them, while
       // the reference works in float64.  Such a tile is scaled by a power of two (exact) and its Gram block added
       // back with the square of that scale, in double.
-      float amax = 0.0f;
-      for (int64_t i = 0; i < n * ct; ++i) amax = std::max(amax, std::fabs(buf[i]));
       const float hi = std::sqrt(std::numeric_limits<float>::max() / static_cast<float>(4 * ct));
       if (std::isfinite(amax) && amax > 0.0f && (amax > hi || amax < 1e-17f)) {
         const int e = std::ilogb(amax);
@@ -342,7 +367,7 @@ struct ApplyCoef {
 };
 
 template <typename T>
-void make_y(const T* X, const T* S, const ApplyCoef& k, int64_t m, int64_t c0, int64_t w, int64_t ld, T* Y) {
+inline void make_y(const T* X, const T* S, const ApplyCoef& k, int64_t m, int64_t c0, int64_t w, int64_t ld, T* Y) {
   const T inv_n = static_cast<T>(k.inv_n), c = static_cast<T>(k.c);
   for (int64_t j = 0; j < k.n; ++j) {
     const T* s = S + j * m + c0;
@@ -393,6 +418,12 @@ void apply_cols_scalar(const T* KP, const T* cr, const ApplyCoef& k, const T* X,
 }
 
 #ifdef FB_SVGD_AVX2
+// make_y compiled for AVX2 (the translation unit's baseline is SSE2: half the width, no FMA)
+__attribute__((target("avx2,fma"))) void make_y_avx2(const float* X, const float* S, const ApplyCoef& k, int64_t m,
+                                                    int64_t c0, int64_t w, int64_t ld, float* Y) {
+  make_y<float>(X, S, k, m, c0, w, ld, Y);
+}
+
 __attribute__((target("avx2,fma"))) void apply_strips_avx2(const float* KP, const float* cr, const ApplyCoef& k,
                                                           const float* Y, int64_t ld, int64_t strips,
                                                           const float* X, float* P, int64_t m, int64_t c0) {
@@ -438,18 +469,21 @@ void apply_tile(const T* KP, const T* cr, const ApplyCoef& k, const T* X, const 
   const int64_t strips = (c1 - c0) / V, w = strips * V, ld = w + V;
   if (strips > 0) {
     ybuf.resize(k.n * ld);
-    make_y<T>(X, S, k, m, c0, w, ld, ybuf.data());
 #ifdef FB_SVGD_AVX2
     if constexpr (std::is_same_v<T, float>) {
       if (use_avx2()) {
+        make_y_avx2(X, S, k, m, c0, w, ld, ybuf.data());
         apply_strips_avx2(KP, cr, k, ybuf.data(), ld, strips, X, P, m, c0);
       } else {
+        make_y<T>(X, S, k, m, c0, w, ld, ybuf.data());
         apply_strips_generic<T>(KP, cr, k, ybuf.data(), ld, strips, X, P, m, c0);
       }
     } else {
+      make_y<T>(X, S, k, m, c0, w, ld, ybuf.data());
       apply_strips_generic<T>(KP, cr, k, ybuf.data(), ld, strips, X, P, m, c0);
     }
 #else
+    make_y<T>(X, S, k, m, c0, w, ld, ybuf.data());
     apply_strips_generic<T>(KP, cr, k, ybuf.data(), ld, strips, X, P, m, c0);
 #endif
   }
