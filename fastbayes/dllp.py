@@ -625,14 +625,12 @@ class ParticleEnsemble:
         ``scale`` = N/(B·T).  Returns (Σ NLL over particles and examples, diagnostics if ``diagnose``)."""
         from .reference.svgd import kernel_from_dists, pairwise_sq_dists
         from .svgd import function_space_backward
-        n, b = y.shape
+        n = y.shape[0]
         f = out - out.mean(-1, keepdim=True)                # centred logits: the softmax's invariance removed
         with torch.no_grad():
-            logp = torch.log_softmax(out.detach()[:, :b].double(), -1)
+            logp = torch.log_softmax(out.detach().double(), -1)
             nll = float(-logp.gather(-1, y[..., None]).sum())
-            score = torch.zeros(f.shape, dtype=torch.float64, device=f.device)
-            # ∇_f of (N/(B·T))·log p(y | f)
-            score[:, :b] = (F.one_hot(y, out.shape[-1]).double() - logp.exp()).mul_(scale)
+            score = (F.one_hot(y, out.shape[-1]).double() - logp.exp()).mul_(scale)    # ∇_f (N/(B·T)) log p(y|f)
             h = bandwidth
             if h is None and bandwidth_scale != 1.0 or diagnose:
                 d = pairwise_sq_dists([f.detach().flatten(1)])
