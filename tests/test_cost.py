@@ -225,3 +225,56 @@ def test_decide_judges_at_most_max_units_per_gate():
     assert int(((gate.theta == 0) | (gate.theta == 1)).sum()) == 7 and int((gate.theta == 0.5).sum()) == 23
     with pytest.raises(ValueError, match="max_units"):
         decide(model, lambda m: m(xb).sum(), max_units=0)
+
+
+def test_decide_accumulates_evidence_over_calls_and_the_shrinker_slices_it():
+    """accumulate=True pools each unit's per-example differences over the calls that judged it: the decision uses the
+    pooled mean and standard error (oracle: the two batches' differences concatenated), the pool survives a shrink
+    with the surviving units, and nothing changes when a call fails."""
+    from fastbayes.nn.bernoulli import _forced_differences, evidence
+    from fastbayes.prune import Shrinker
+    model, gates, x = _gated("mlp")
+    gate = gates["layers.0"]
+    prior = CostPrior(model, x, price=3e-4)      # about the size of the data's differences: some go, some stay
+    n = 100
+    batches = [(torch.randn(24, 1, 28, 28), torch.randint(0, 10, (24,))) for _ in range(2)]
+    model.train()
+    diffs = []
+    for xb, yb in batches:
+        loss_fn = lambda m, xb=xb, yb=yb: F.cross_entropy(m(xb), yb, reduction="none")  # noqa: E731
+        with torch.no_grad():
+            gate.theta.fill_(0.5)
+        diffs.append(_forced_differences(model, loss_fn, gate, torch.arange(30), per_example=True))
+        decide(model, loss_fn, lambda: prior() / n, z=1e9, accumulate=True)    # first pass: keep every unit
+    pooled = [torch.cat([a, b]) for a, b in zip(*diffs)]
+    ev = evidence(gate)
+    assert torch.equal(ev[0], torch.full((30,), 48.0, dtype=torch.float64))
+    torch.testing.assert_close(ev[1], torch.stack([p.sum() for p in pooled]), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ev[2], torch.stack([p.square().sum() for p in pooled]), rtol=1e-12, atol=1e-12)
+    # a third call on the second batch again: the decision is by the pool of all three batches' differences
+    xb, yb = batches[1]
+    loss_fn = lambda m: F.cross_entropy(m(xb), yb, reduction="none")  # noqa: E731
+    with torch.no_grad():
+        gate.theta.fill_(0.5)
+    third = _forced_differences(model, loss_fn, gate, torch.arange(30), per_example=True)
+    pooled = [torch.cat([p, t]) for p, t in zip(pooled, third)]
+    g = torch.stack([p.mean() for p in pooled]) + prior.unit_costs()["layers.0"].double() / n
+    se = torch.stack([p.std() / p.numel() ** 0.5 for p in pooled])
+    before = ev.clone()
+
+    def bad_loss(m):
+        raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"):
+        decide(model, bad_loss, lambda: prior() / n, accumulate=True)
+    assert torch.equal(evidence(gate), before) and gate.theta.eq(0.5).all()
+    decide(model, loss_fn, lambda: prior() / n, z=1.0, accumulate=True)
+    assert torch.equal(gate.theta == 0, g > 1.0 * se)
+    # the shrinker removes the dropped units and slices the pool with them
+    opt = torch.optim.Adam([p for k, p in model.named_parameters() if not k.endswith("theta")], 1e-3)
+    pool = evidence(gate).clone()
+    kept = gate.theta.detach() == 1
+    assert 0 < int(kept.sum()) < 30                                        # some go, some stay
+    Shrinker(model, opt, every=2 ** 62, example_inputs=x).shrink()
+    assert torch.equal(evidence(fb.nn.gates(model)["layers.0"]), pool[:, kept])
+    with pytest.raises(ValueError, match="accumulate"):
+        decide(model, loss_fn, accumulate="yes")

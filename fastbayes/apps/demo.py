@@ -597,6 +597,7 @@ DECIDE_BATCH = 256
 DECIDE_Z = 0.0           # the sign of the exact gradient: measured the most robust to the starting width (RESULTS §2)
 DECIDE_MAX_DROP = 0.25
 DECIDE_MAX_UNITS = None  # units judged per gate and epoch (two forwards of DECIDE_BATCH each); None: all
+DECIDE_ACCUMULATE = False  # pool each unit's evidence over the epochs (a sequential test; the last call by its sign)
 
 
 def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_train, plots, quiet,
@@ -645,7 +646,8 @@ def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_t
         xb, yb = train.x[idx], train.y[idx]
         model.train()
         done = B.decide(model, lambda m: F.cross_entropy(m(xb), yb, reduction="none"), lambda: prior() / n,
-                        max_drop=DECIDE_MAX_DROP, z=DECIDE_Z, max_units=None if last else DECIDE_MAX_UNITS)
+                        max_drop=DECIDE_MAX_DROP, z=0.0 if last and DECIDE_ACCUMULATE else DECIDE_Z,
+                        max_units=None if last else DECIDE_MAX_UNITS, accumulate=DECIDE_ACCUMULATE)
         if shrinker.shrink():
             theta_opt.param_groups[0]["params"] = [g.theta for g in gates.values()]
         return sum(done.values())
@@ -712,7 +714,8 @@ def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_t
         "gates_binary": binary, "train_step_ms_start": step_ms[0], "train_step_ms_end": step_ms[-1],
         "train_step_ms_per_epoch": step_ms, "units_per_epoch": units,
         "gate_options": dict(BERNOULLI_OPTIONS), "prior": "cost", "price": float(price),
-        "decide": {"batch": decide_batch, "z": DECIDE_Z, "max_drop": DECIDE_MAX_DROP, "max_units": DECIDE_MAX_UNITS},
+        "decide": {"batch": decide_batch, "z": DECIDE_Z, "max_drop": DECIDE_MAX_DROP, "max_units": DECIDE_MAX_UNITS,
+                   "accumulate": DECIDE_ACCUMULATE},
         "theta_optimizer": "SGD", "theta_lr": THETA_LR, "shrinker_freeze": False,
         "units_in_transit_after_training": in_transit_after_training, "units_in_transit_at_end": in_transit_after,
         "shrink_events": [h for h in shrinker.history if h["removed"]],

@@ -456,7 +456,7 @@ def _forced_differences(model: nn.Module, loss_fn, gate: BernoulliGate, idx: tor
 
 def decide(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor],
            prior_fn: Optional[Callable[[], torch.Tensor]] = None, *, max_drop: Optional[float] = None,
-           z: float = 2.0, max_units: Optional[int] = None) -> dict[str, int]:
+           z: float = 2.0, max_units: Optional[int] = None, accumulate: bool = False) -> dict[str, int]:
     """Set every kept unit not at θ = 1 (0 ≤ θ < 1, masked units aside) to θ = 0 or 1 by its exact gradient.
 
     The objective is affine in each θ_i, so its minimum along θ_i sits at 0 when
@@ -489,6 +489,12 @@ def decide(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor],
     generator); the others keep their θ until a later call.  Each judged unit costs two evaluations of ``loss_fn``,
     so this bounds a call's cost; leave it None for the last call of a run, so that every gate ends binary.
 
+    ``accumulate=True``: a sequential test.  Each unit's per-example differences are pooled over every call that
+    judged it (count, sum and sum of squares kept on the gate, sliced with it when units are removed, not saved in
+    checkpoints), and the mean and standard error are those of the pool: a unit whose value sits near its price is
+    no longer dropped by one unlucky batch, and evidence against it grows with every epoch it spends in transit.
+    Call the last time with ``z=0`` to settle every unit by the sign of its pooled mean.
+
     Returns {gate name: units decided}.
     """
     if max_drop is not None and (isinstance(max_drop, bool) or not isinstance(max_drop, (int, float))
@@ -507,6 +513,8 @@ def decide(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor],
         raise ValueError("model has no BernoulliGate: call fastbayes.add_gates(model, kind='bernoulli') first")
     if max_units is not None and (isinstance(max_units, bool) or not isinstance(max_units, int) or max_units < 1):
         raise ValueError(f"max_units must be None or a positive integer, got {max_units!r}")
+    if not isinstance(accumulate, bool):
+        raise ValueError(f"accumulate must be a bool, got {accumulate!r}")
     todo = {k: (g.mask & ~g.frozen & (g.theta < 1)).nonzero().flatten() for k, g in found.items()}
     todo = {k: v for k, v in todo.items() if v.numel()}
     if max_units is not None:
@@ -522,12 +530,23 @@ def decide(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor],
             raise ValueError("prior_fn must return a scalar tensor")
         grads = torch.autograd.grad(value, thetas, allow_unused=True)
         prior_grads = {k: g for k, g in zip(todo, grads) if g is not None}
-    keep = {}
+    keep, pools = {}, {}
     for k, idx in todo.items():
         diffs = _forced_differences(model, loss_fn, found[k], idx, per_example=None)
-        d = torch.stack([x.mean() for x in diffs])
-        se = torch.stack([x.std() / math.sqrt(x.numel()) if x.numel() > 1 else torch.zeros((), dtype=x.dtype)
-                          for x in diffs])
+        if accumulate:
+            pool = evidence(found[k])[:, idx.cpu()].clone()
+            pool += torch.stack([torch.stack([torch.tensor(float(x.numel()), dtype=torch.float64),
+                                              x.double().sum().cpu(), x.double().square().sum().cpu()])
+                                 for x in diffs], 1)
+            pools[k] = pool
+            cnt, s1, s2 = pool
+            d = s1 / cnt
+            var = ((s2 - cnt * d * d) / (cnt - 1).clamp_min(1)).clamp_min(0)
+            se = torch.where(cnt > 1, (var / cnt).sqrt(), torch.zeros_like(d))
+        else:
+            d = torch.stack([x.mean() for x in diffs])
+            se = torch.stack([x.std() / math.sqrt(x.numel()) if x.numel() > 1 else torch.zeros((), dtype=x.dtype)
+                              for x in diffs])
         if k in prior_grads:
             d = d + prior_grads[k][idx].double().cpu()
         keep[k] = ~(d > z * se)
@@ -541,4 +560,17 @@ def decide(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor],
     with torch.no_grad():
         for k, idx in todo.items():
             found[k].theta[idx] = keep[k].to(found[k].theta.dtype)
+            if k in pools:
+                evidence(found[k])[:, idx.cpu()] = pools[k]
     return {k: int(idx.numel()) for k, idx in todo.items()}
+
+
+def evidence(gate: "BernoulliGate") -> torch.Tensor:
+    """The pooled evidence of ``decide(accumulate=True)`` on ``gate``'s units: float64 [3, units] on the CPU (count,
+    sum and sum of squares of the per-example differences ℓ(ξ=1) − ℓ(ξ=0)), zeros until a unit is judged.  A plain
+    attribute, not a buffer: it is bookkeeping of the deciding, sliced by ``Shrinker`` and not saved in
+    checkpoints; a gate whose width changed some other way starts a fresh pool."""
+    ev = getattr(gate, "_evidence", None)
+    if ev is None or ev.shape != (3, gate.num_features):
+        ev = gate._evidence = torch.zeros(3, gate.num_features, dtype=torch.float64)
+    return ev

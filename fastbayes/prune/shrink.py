@@ -286,6 +286,9 @@ class Shrinker:
         gate.theta = new
         gate.mask = gate.mask.index_select(0, idx)
         gate.frozen = gate.frozen.index_select(0, idx)
+        ev = getattr(gate, "_evidence", None)
+        if ev is not None and ev.shape == (3, keep.numel()):        # decide(accumulate=True)'s pooled evidence
+            gate._evidence = ev.index_select(1, idx.cpu())
         self._move_state(old, new, idx)
 
     def _move_state(self, old: nn.Parameter, new: nn.Parameter, keep: torch.Tensor) -> None:
