@@ -143,3 +143,18 @@ def test_demo_delta_f_choice_reaches_the_criterion(tmp_path):
     paper = json.loads((tmp_path / "p" / "report.json").read_text())
     assert code["criterion_options"] == {"code_offset": True} and "BMRS code" in code["criterion"]
     assert paper["criterion_options"] == {"code_offset": False} and paper["criterion"] == "keep if ΔF_N < 0"
+
+
+@pytest.mark.parametrize("method,model", [("bmrs_n", "lenet5-bmrs"), ("bernoulli", "bmrs-mlp"),
+                                          ("dllp", "lenet5-bmrs")])
+def test_demo_takes_bmrs_models_with_bmrs_preprocessing(tmp_path, method, model):
+    """BMRS's own models (32×32 inputs) run in every method: the demo preprocesses the data as BMRS does."""
+    args = ["demo", "--method", method, "--model", model, "--dataset", "digits", "--epochs", "1", "--max-train",
+            "200", "--no-dense", "--no-plots", "--out", str(tmp_path)]
+    if method == "dllp":
+        args += ["--particles", "2", "--svgd-epochs", "1"]
+    elif method != "bernoulli":
+        args += ["--finetune", "0"]
+    assert main(args) == 0
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["model"] == model and 0.0 <= rep["test_accuracy_after"] <= 1.0

@@ -38,9 +38,14 @@ def _progress(iterable, **kw):
         return iterable
 
 
-def _prepare(out, dataset, seed, max_train):
+# BMRS's own models take its preprocessing: 32×32 inputs, x − 127/255 (``data.bmrs_preprocess``)
+BMRS_MODELS = ("lenet5-bmrs", "bmrs-mlp")
+
+
+def _prepare(out, dataset, seed, max_train, model_name=None):
     """Every method's common start: the output folder, the data set (Fashion-MNIST if installed, else digits),
-    the seeded 80/20 train/validation split (optionally cut to ``max_train``) and the test split."""
+    the seeded 80/20 train/validation split (optionally cut to ``max_train``) and the test split, preprocessed as
+    BMRS does for its models (``BMRS_MODELS``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if dataset is None:
@@ -49,7 +54,10 @@ def _prepare(out, dataset, seed, max_train):
     train, val = data.train_val_split(data.load(dataset, "train"), 0.2, seed)
     if max_train:
         train = data.Split(train.x[:max_train], train.y[:max_train])
-    return out, dataset, train, val, data.load(dataset, "test")
+    test = data.load(dataset, "test")
+    if model_name in BMRS_MODELS:
+        train, val, test = (data.bmrs_preprocess(sp) for sp in (train, val, test))
+    return out, dataset, train, val, test
 
 
 def _finetune_default(epochs: int, finetune: int | None) -> int:
@@ -200,7 +208,7 @@ def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None 
         raise ValueError(f"need epochs >= 1 and 0 <= finetune < epochs, got epochs={epochs}, finetune={finetune}")
     if isinstance(post_training_steps, bool) or not isinstance(post_training_steps, int) or post_training_steps < 0:
         raise ValueError(f"post_training_steps must be a non-negative integer, got {post_training_steps!r}")
-    out, dataset, train, val, test = _prepare(out, dataset, seed, max_train)
+    out, dataset, train, val, test = _prepare(out, dataset, seed, max_train, model_name)
     criterion, options, granularity = METHODS[method]
     if criterion == "bmrs_n":
         options = {**options, "code_offset": delta_f == "code"}
@@ -429,7 +437,7 @@ def _run_dllp(model_name, dataset, epochs, seed, out, batch_size, lr, max_train,
 
     if not isinstance(epochs, int) or epochs < 1 or not isinstance(svgd_epochs, int) or svgd_epochs < 1:
         raise ValueError(f"need epochs >= 1 and svgd_epochs >= 1, got epochs={epochs}, svgd_epochs={svgd_epochs}")
-    out, dataset, train, val, test = _prepare(out, dataset, seed, max_train)
+    out, dataset, train, val, test = _prepare(out, dataset, seed, max_train, model_name)
     log = print if not quiet else (lambda *a, **k: None)
     log(f"fastbayes demo: dllp on {model_name} / {dataset} ({len(train)} train, {len(val)} val, {len(test)} test), "
         f"{epochs} plain epochs, then SVGD with {n_particles} particles for {svgd_epochs} epochs")
@@ -618,7 +626,7 @@ def _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_t
     decide_batch = DECIDE_BATCH if decide_batch is None else decide_batch
     if isinstance(decide_batch, bool) or not isinstance(decide_batch, int) or decide_batch < 1:
         raise ValueError(f"decide_batch must be a positive integer, got {decide_batch!r}")
-    out, dataset, train, val, test = _prepare(out, dataset, seed, max_train)
+    out, dataset, train, val, test = _prepare(out, dataset, seed, max_train, model_name)
     init_state = torch.get_rng_state()       # the dense baseline is built from the same state: same weights
     model = build(model_name, tuple(train.x.shape[1:]))
     start = build(model_name, tuple(train.x.shape[1:]))    # the starting width, for the "before" measurements
