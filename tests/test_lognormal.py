@@ -252,3 +252,37 @@ def test_cpp_autograd_equals_python_function(monkeypatch, gran):
     py = run()
     for a, b in zip(cpp, py):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("gran", GRANS)
+def test_gate_node_equals_clamp_then_noise(monkeypatch, gran):
+    """LogNormalGate's forward on the compiled backend is one C++ node (clamp + noise, csrc/autograd.cpp): the same
+    bits as a clamp node followed by the noise, and no log σ gradient where the clamp cut (log σ outside [-20, 5])."""
+    _compiled_or_skip()
+    gen = torch.Generator().manual_seed(4)
+    gate = fb.nn.LogNormalGate(9, granularity=gran)
+    with torch.no_grad():
+        gate.mu.copy_(torch.randn(9, generator=gen) - 1)
+        gate.log_sigma.copy_(torch.randn(9, generator=gen))
+        gate.log_sigma[0], gate.log_sigma[1] = 6.0, -21.0
+        gate.mask[2] = False
+    x = torch.randn(5, 9, 3, generator=gen)
+    gy = torch.randn(5, 9, 3, generator=gen)
+
+    def run():
+        xx = x.clone().requires_grad_()
+        gate.mu.grad = gate.log_sigma.grad = None
+        torch.manual_seed(11)
+        with fb.backends.use("cpu"):
+            y = gate(xx)
+            y.backward(gy)
+        return y.detach(), xx.grad, gate.mu.grad.clone(), gate.log_sigma.grad.clone(), y.grad_fn
+
+    *cpp, fn = run()
+    assert type(fn).__name__ == "CppFunction"
+    assert cpp[3][0] == 0 and cpp[3][1] == 0 and cpp[3][2] == 0
+    monkeypatch.setattr(fb.backends, "compiled", lambda name: False)
+    *py, fn = run()
+    assert type(fn).__name__ != "CppFunction"
+    for a, b in zip(cpp, py):
+        assert torch.equal(a, b)

@@ -137,7 +137,7 @@ class LogNormalGate(nn.Module):
             shape[d] = -1
             return x * self.expected_scale().to(x.dtype).reshape(shape)
         a, b = self._bounds
-        return lognormal.noise(x, self.mu, self.clamped_log_sigma(), self.mask, a, b, d, self._granularity, None, 0)
+        return lognormal.gate(x, self.mu, self.log_sigma, self.mask, a, b, d, self._granularity, None, 0)
 
     def expected_scale(self) -> torch.Tensor:
         """E[θ]·mask per unit (no gradient), cached until ``mu``, ``log_sigma`` or ``mask`` change (by the tensors'

@@ -176,3 +176,21 @@ def noise(x: Tensor, mu: Tensor, log_sigma: Tensor, mask: Optional[Tensor], a: f
     seed_t = fresh_seed() if seed is None else torch.tensor(seed, dtype=torch.int64)
     return _lognormal_noise(x.contiguous(), mu.contiguous(), log_sigma.contiguous(),
                             None if mask is None else mask.contiguous(), a, b, dim, granularity, seed_t, offset)
+
+
+def gate(x: Tensor, mu: Tensor, log_sigma: Tensor, mask: Optional[Tensor], a: float, b: float, dim: int,
+         granularity: str, seed: Optional[int], offset: int) -> Tensor:
+    """``LogNormalGate``'s training forward: ``log_sigma`` clamped into [LOG_SIGMA_MIN, LOG_SIGMA_MAX] (both official
+    codes' forward clamp), then ``noise``.  On the compiled backends one C++ autograd node does both
+    (``fastbayes_C::lognormal_gate``, csrc/autograd.cpp): the same kernels and bits, one graph node fewer."""
+    from ..reference.gate_stats import LOG_SIGMA_MAX, LOG_SIGMA_MIN
+    if log_sigma.dtype != mu.dtype:
+        log_sigma = log_sigma.to(mu.dtype)
+    if eager(x):
+        name, _ = backends.resolve("lognormal_noise", x.device)
+        if backends.compiled(name):
+            return torch.ops.fastbayes_C.lognormal_gate(
+                x.contiguous(), mu.contiguous(), log_sigma.contiguous(), None if mask is None else mask.contiguous(),
+                a, b, dim, granularity, fresh_seed_int() if seed is None else seed, offset, LOG_SIGMA_MIN,
+                LOG_SIGMA_MAX)
+    return noise(x, mu, log_sigma.clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX), mask, a, b, dim, granularity, seed, offset)
