@@ -21,26 +21,28 @@ Everything below that makes this concrete is fastbayes's own design (METHODS.md 
 * **Score.**  ∇ log p(w_c) = −(r_c/s1² + (1 − r_c)/s0²)·w_c, with r_c the slab responsibility (posterior probability
   of the slab), computed from its logit in log space.  Per particle the SVGD score is (N/(B·T))·∇ log-lik(its
   minibatch) + ∇ log prior, T the likelihood temperature (default 1, the Bayes posterior).
-* **Update.**  ``fastbayes.svgd.SVGD`` (RBF kernel, median bandwidth) around any torch optimiser, Adam by default.
-  Each particle draws its own minibatch every step (``per_particle_batches``, default): in ~60,000 dimensions the
-  kernel's repulsive term is ~1e-5 of the driving term for any bandwidth (docs/RESULTS.md §3), so particles that share
-  one minibatch receive the same noisy score and move in lockstep; independent minibatches give each particle its own
-  unbiased score estimate (φ is linear in the scores) at the same cost, and the particles separate.  The spread this
-  gives is set by the optimiser's step size and the score noise, not by the repulsion — our reading, not DLLP's.
+* **Update.**  SVGD with the RBF kernel on the particles' outputs (``fit(kernel="function")``, default; after
+  function-space SVGD, Wang et al. 2019): each particle draws its own minibatch every step (independent score noise,
+  so the particles do not move in lockstep), the kernel compares their centred logits on 32 shared inputs, and its
+  gradient is pulled back through each particle's own Jacobian; any torch optimiser (Adam by default) applies φ.
+  ``kernel="weight"`` is SVGD on the weights (``fastbayes.svgd.SVGD``), whose repulsion is ~1e-5 of the driving term
+  in ~60,000 dimensions for any bandwidth; the output kernel's is ~3e-4 (docs/RESULTS.md §3.2).  Either way the spread
+  is set mostly by the optimiser's step size and the score noise, not by the repulsion — our reading, not DLLP's.
 * **Pruning.**  Unit c is redundant in particle j when r_c < ½; the consensus mask prunes c when the mean
   responsibility over particles is below ½ (the "consensus" criterion of ``fastbayes.prune.CRITERIA``).  Outputs: the
   pruned ensemble (every particle, one mask, rows zeroed or physically removed with ``fastbayes.prune.compact(...,
   masks=...)``) and a single compact network (the particle mean).
 * **Reliability** (our reading of "quantified reliability": the spread of predictions across particles).  Predictive
   mean, predictive entropy, mutual information (epistemic part), ECE (15 bins), NLL, Brier score (all from
-  ``fastbayes.metrics``), and the accuracy mean, std and 95 % interval across particles; compared with magnitude pruning of the trained network at the same
-  per-layer sparsity (a single model: mutual information 0, std 0).
+  ``fastbayes.metrics``), the accuracy mean, std and 95 % interval across particles, and misclassification / OOD
+  AUROC (``metrics.uncertainty_report``); compared with magnitude pruning of the trained network at the same
+  per-layer sparsity (a single model: mutual information 0, std 0), with and without temperature scaling.
 
     ens = fastbayes.dllp.ParticleEnsemble(trained_model, n_particles=8)
     ens.fit((x_train, y_train), epochs=2, lr=1e-3, batch_size=128)
     masks = ens.consensus_mask()                            # {layer: bool [units]}, True = kept
     logits = ens.pruned(masks).predict(x_test)              # [n_particles, N, classes]
-    report = fastbayes.metrics.reliability_report(logits, y_test)
+    report = fastbayes.metrics.uncertainty_report(logits, y_test)
     small = ens.compact_mean(x_test[:1], masks)             # one physically smaller network
 """
 from __future__ import annotations
