@@ -22,6 +22,11 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// torch.clamp's gradient: ``grad`` where lo <= ``input`` <= hi, zero where the clamp cut
+at::Tensor clamp_grad(const at::Tensor& grad, const at::Tensor& input, double lo, double hi) {
+  return at::where(input.ge(lo).logical_and_(input.le(hi)), grad, at::zeros({}, grad.options()));
+}
+
 // y = x·θ through the kernels of fastbayes_C::lognormal_noise(_backward), shared by the op's autograd and the
 // gate's.  ``raw`` (the gate's unclamped log σ, or undefined): where it lies outside [lo, hi] the clamp cut it,
 // and ∂/∂log σ is zero there (torch.clamp's gradient).
@@ -64,9 +69,7 @@ variable_list noise_backward(AutogradContext* ctx, const variable_list& grads, i
               ctx->saved_data["b"].toDouble(), ctx->saved_data["dim"].toInt(), granularity,
               ctx->saved_data["seed"].toInt(), ctx->saved_data["offset"].toInt());
   if (saved[4].defined()) {
-    const at::Tensor& raw = saved[4];
-    const double lo = ctx->saved_data["lo"].toDouble(), hi = ctx->saved_data["hi"].toDouble();
-    dls = at::where(raw.ge(lo).logical_and_(raw.le(hi)), dls, at::zeros({}, dls.options()));
+    dls = clamp_grad(dls, saved[4], ctx->saved_data["lo"].toDouble(), ctx->saved_data["hi"].toDouble());
   }
   variable_list out{dx, dmu, dls};
   for (int i = 0; i < extra; ++i) out.emplace_back();
@@ -205,8 +208,7 @@ class KlLossFn : public torch::autograd::Function<KlLossFn> {
     } else {
       std::tie(dmu, dlsc) = op.call(gk, m, lsc, ctx->saved_data["a"].toDouble(), ctx->saved_data["b"].toDouble());
     }
-    const at::Tensor dls =
-        at::where(ls.ge(lo).logical_and_(ls.le(hi)), dlsc.to(ls.scalar_type()), at::zeros({}, ls.options()));
+    const at::Tensor dls = clamp_grad(dlsc.to(ls.scalar_type()), ls, lo, hi);
     const auto sizes = ctx->saved_data["sizes"].toIntVector();
     variable_list out;
     out.reserve(2 * sizes.size() + 5);

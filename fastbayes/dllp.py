@@ -253,6 +253,32 @@ def sparsity(masks: Mapping[str, Tensor]) -> float:
 # ------------------------------------------------------------------------------------------------------------------
 # the particle ensemble
 
+def _repulsion(K: Tensor, h, X: Tensor) -> Tensor:
+    """Σ_j ∇_{x_j} k(x_j, x_i) = (2/h) Σ_j k_ij (x_i − x_j) for the rows x_i of ``X`` [n, d] (SVGD's repulsive term
+    before its 1/n)."""
+    return (2.0 / h) * (K.sum(1, keepdim=True) * X - K @ X)
+
+
+@torch.no_grad()
+def _rms_spread(params: list[Tensor], n: int) -> float:
+    """RMS over the parameters of the n particles' std (ddof 1): the average absolute spread per weight."""
+    var_sum, count = 0.0, 0
+    for p in params:
+        X = p.detach().reshape(n, -1).double()
+        var_sum += float(X.var(0, correction=1).sum())
+        count += X.shape[1]
+    return math.sqrt(var_sum / max(count, 1))
+
+
+def _diagnostics(h, d: Tensor, drive: float, rep: float, rms_spread: float) -> dict:
+    """One epoch's SVGD diagnostics from the bandwidth, the n×n squared distances and the squared norms of φ's
+    driving and repulsive parts."""
+    n = d.shape[0]
+    iu = torch.triu_indices(n, n, 1)
+    return {"bandwidth": float(h), "median_sq_dist": float(d[iu[0], iu[1]].median()),
+            "repulsion_ratio": math.sqrt(rep / drive) if drive > 0 else float("inf"), "rms_spread": rms_spread}
+
+
 def _xy(data):
     if isinstance(data, (tuple, list)) and len(data) == 2:
         x, y = data
@@ -596,10 +622,11 @@ class ParticleEnsemble:
             if h is None:
                 h = float(kernel_from_dists(d, None)[1]) * bandwidth_scale
             K, hh = kernel_from_dists(d, h)
-            rep_f = (2.0 / hh) * (K.sum(1, keepdim=True) * fd - K @ fd)
+            rep_f = _repulsion(K, hh, fd)
         rep_w = torch.autograd.grad(f, plist, rep_f.to(f.dtype).view_as(f), allow_unused=True)
-        drive = rep = var_sum = 0.0
-        count = 0
+        drive = rep = 0.0
+        ps = [p for p in plist if p.grad is not None]
+        spread = _rms_spread(ps, n) if diagnose else None
         with torch.no_grad():
             for p, r in zip(plist, rep_w):
                 if p.grad is None:
@@ -610,15 +637,8 @@ class ParticleEnsemble:
                 if diagnose:
                     drive += float(kg.double().pow(2).sum())
                     rep += float(r.double().pow(2).sum())
-                    var_sum += float(p.detach().reshape(n, -1).double().var(0, correction=1).sum())
-                    count += G.shape[1]
                 p.grad = ((kg - r) / n).reshape(p.shape)
-        if not diagnose:
-            return {}
-        iu = torch.triu_indices(n, n, 1)
-        return {"bandwidth": float(hh), "median_sq_dist": float(d[iu[0], iu[1]].median()),
-                "repulsion_ratio": math.sqrt(rep / drive) if drive > 0 else float("inf"),
-                "rms_spread": math.sqrt(var_sum / max(count, 1))}
+        return _diagnostics(hh, d, drive, rep, spread) if diagnose else {}
 
     def _function_step(self, out: Tensor, y: Tensor, scale: float, plist: list[Tensor], bandwidth: Optional[float],
                        bandwidth_scale: float, diagnose: bool) -> tuple[float, dict]:
@@ -644,7 +664,7 @@ class ParticleEnsemble:
                 K, hh = kernel_from_dists(d, h)
                 fd = f.detach().flatten(1).double()
                 drive_f = K @ score.flatten(1) / n
-                rep_f = (2.0 / hh) * (K.sum(1, keepdim=True) * fd - K @ fd) / n
+                rep_f = _repulsion(K, hh, fd) / n
             rep_w = torch.autograd.grad(f, plist, rep_f.to(f.dtype).view_as(f), retain_graph=True, allow_unused=True)
             lik_w = torch.autograd.grad(f, plist, drive_f.to(f.dtype).view_as(f), retain_graph=True,
                                         allow_unused=True)
@@ -654,8 +674,7 @@ class ParticleEnsemble:
             return nll, {}
         with torch.no_grad():
             # .grad = −(Jᵀ drive_f + Jᵀ rep_f + prior/n): the driving part is −.grad − Jᵀ rep_f
-            drive = rep = lik = var_sum = 0.0
-            count = 0
+            drive = rep = lik = 0.0
             for p, r, g in zip(plist, rep_w, lik_w):
                 if p.grad is None:
                     continue
@@ -663,15 +682,10 @@ class ParticleEnsemble:
                 drive += float((-p.grad - r).double().pow(2).sum())
                 rep += float(r.double().pow(2).sum())
                 lik += 0.0 if g is None else float(g.double().pow(2).sum())
-                var_sum += float(p.detach().reshape(n, -1).double().var(0, correction=1).sum())
-                count += p[0].numel()
-            iu = torch.triu_indices(n, n, 1)
-            diag = {"bandwidth": float(hh), "median_sq_dist": float(d[iu[0], iu[1]].median()),
-                    "repulsion_ratio": math.sqrt(rep / drive) if drive > 0 else float("inf"),
-                    "repulsion_ratio_function": float(rep_f.norm() / drive_f.norm()) if drive_f.norm() > 0
-                    else float("inf"),
-                    "repulsion_ratio_likelihood": math.sqrt(rep / lik) if lik > 0 else float("inf"),
-                    "rms_spread": math.sqrt(var_sum / max(count, 1))}
+            diag = _diagnostics(hh, d, drive, rep, _rms_spread([p for p in plist if p.grad is not None], n))
+            diag["repulsion_ratio_function"] = (float(rep_f.norm() / drive_f.norm()) if drive_f.norm() > 0
+                                                else float("inf"))
+            diag["repulsion_ratio_likelihood"] = math.sqrt(rep / lik) if lik > 0 else float("inf")
         return nll, diag
 
     @torch.no_grad()
@@ -683,18 +697,12 @@ class ParticleEnsemble:
         d = pairwise_sq_dists([p.detach() for p in ps])
         K, h = kernel_from_dists(d, bandwidth)
         drive = rep = 0.0
-        var_sum, count = 0.0, 0
         for p in ps:
             X = p.detach().reshape(n, -1).double()
             G = -p.grad.reshape(n, -1).double()
             drive += float((K @ G).pow(2).sum())
-            rep += float(((2.0 / h) * (K.sum(1, keepdim=True) * X - K @ X)).pow(2).sum())
-            var_sum += float(X.var(0, correction=1).sum())
-            count += X.shape[1]
-        iu = torch.triu_indices(n, n, 1)
-        return {"bandwidth": float(h), "median_sq_dist": float(d[iu[0], iu[1]].median()),
-                "repulsion_ratio": math.sqrt(rep / drive) if drive > 0 else float("inf"),
-                "rms_spread": math.sqrt(var_sum / max(count, 1))}
+            rep += float(_repulsion(K, h, X).pow(2).sum())
+        return _diagnostics(h, d, drive, rep, _rms_spread(ps, n))
 
     # -- pruning ----------------------------------------------------------------------------------------------------
 

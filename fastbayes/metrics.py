@@ -207,9 +207,13 @@ def ood_auroc(probs_in: Tensor, probs_out: Tensor) -> float:
         raise ValueError(f"probs_out must have the classes of probs_in ({p_in.shape[1]}), got {p_out.shape[1]}")
     if p_in.shape[0] == 0 or p_out.shape[0] == 0:
         raise ValueError(f"probs_in and probs_out must each hold an example, got {p_in.shape[0]} and {p_out.shape[0]}")
-    scores = torch.cat([_entropy(p_in), _entropy(p_out).to(p_in.device)])
-    is_out = torch.cat([torch.zeros(p_in.shape[0], dtype=torch.bool), torch.ones(p_out.shape[0], dtype=torch.bool)])
-    return auroc(scores, is_out.to(p_in.device))
+    return _separation_auroc(_entropy(p_in), _entropy(p_out).to(p_in.device))
+
+
+def _separation_auroc(neg: Tensor, pos: Tensor) -> float:
+    """``auroc`` of telling the scores ``pos`` (positives) from ``neg``, both [·] on one device."""
+    labels = torch.cat([torch.zeros(len(neg), dtype=torch.bool), torch.ones(len(pos), dtype=torch.bool)])
+    return auroc(torch.cat([neg, pos]), labels.to(neg.device))
 
 
 def accuracy_coverage(probs: Tensor, labels: Tensor) -> dict:
@@ -398,20 +402,16 @@ def plot_reliability_diagram(probs, labels: Tensor, path, n_bins: int = N_BINS, 
         if not isinstance(p, Tensor) or p.dim() != 2 or p.shape[0] != labels.shape[0]:
             raise ValueError(f"probs[{name!r}] must be a tensor [N, classes] with N = len(labels) = {len(labels)}")
         bins[name] = calibration_bins(p.detach().cpu(), labels, n_bins)
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, (ax, axh) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     width = 1.0 / n_bins
     ax.plot([0, 1], [0, 1], "--", color="#888888", lw=1, label="perfect calibration")
-    colors = ["#3a7bd5", "#c0392b", "#27ae60", "#8e44ad", "#e67e22", "#16a085"]
     for k, (name, b) in enumerate(bins.items()):
         w = width / len(series)
         # the last slot (confidence exactly 1) is drawn as one more, thin bar at 1
         centers = torch.cat([b["edges"][:-1] + w * (k + 0.5), torch.tensor([1.0 + w * (k + 0.5) / 4])])
         widths = [w] * n_bins + [w / 4]
-        c = colors[k % len(colors)]
+        c = _COLORS[k % len(_COLORS)]
         ax.bar(centers.numpy(), b["accuracy"].numpy(), width=widths, color=c, alpha=0.75, edgecolor="black", lw=0.3,
                label=f"{name} (ECE {b['ece']:.4f})")
         axh.bar(centers.numpy(), b["fraction"].numpy(), width=widths, color=c, alpha=0.75)
@@ -496,9 +496,7 @@ def plot_ood_entropy(hist: Mapping, path, n_bins: int = 30, title: Optional[str]
                     or not bool(torch.isfinite(t).all())):
                 raise ValueError(f"hist[{name!r}] must hold two non-empty finite floating tensors [N] of entropies")
         h_in, h_out = (t.detach().double().cpu() for t in pair)
-        score = auroc(torch.cat([h_in, h_out]),
-                      torch.cat([torch.zeros(len(h_in), dtype=torch.bool), torch.ones(len(h_out), dtype=torch.bool)]))
-        data[name] = (h_in, h_out, score)
+        data[name] = (h_in, h_out, _separation_auroc(h_in, h_out))
     plt = _pyplot()
     k = len(data)
     fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 3.0), squeeze=False, sharey=False)

@@ -7,8 +7,7 @@ import numbers
 import torch
 from torch import nn
 
-from .. import backends
-from ..ops._dispatch import eager
+from ..ops._dispatch import cpp_autograd
 from ..ops.gate_stats import stats as flat_gate_stats
 from ..reference.gate_stats import LOG_SIGMA_MAX, LOG_SIGMA_MIN
 from .bernoulli import BernoulliGate, prior_loss
@@ -91,8 +90,7 @@ def kl_loss(model: nn.Module, reduction: str = "sum") -> torch.Tensor:
         mus, lss = [g.mu for g in gs], [g.log_sigma for g in gs]
         device, dtype = mus[0].device, mus[0].dtype
         weights = _kl_weights(tuple((g.num_features, g.kl_weight) for g in gs), scale, device, dtype)
-        name, _ = backends.resolve("gate_stats", device)
-        if eager(mus[0]) and backends.compiled(name):
+        if cpp_autograd("gate_stats", mus[0]) is not None:
             # one C++ autograd node for cat, clamp, gate_stats and dot (csrc/autograd.cpp): same kernels, same bits
             kl = torch.ops.fastbayes_C.kl_loss(mus, lss, weights, a, b, LOG_SIGMA_MIN, LOG_SIGMA_MAX)
         else:

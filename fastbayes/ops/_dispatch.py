@@ -29,6 +29,16 @@ def eager(x: torch.Tensor) -> bool:
     return x.device.type in ("cpu", "cuda") and not torch.compiler.is_compiling()
 
 
+def cpp_autograd(op: str, x: torch.Tensor):
+    """The compiled implementation of ``op`` when an eager call on ``x`` resolves to a compiled backend, whose ops
+    carry their autograd in C++ (csrc/autograd.cpp) and are called through ``torch.ops`` with no Python Function
+    around them; None otherwise (the reference and Triton backends, and torch.compile tracing)."""
+    if not eager(x):
+        return None
+    name, fn = backends.resolve(op, x.device)
+    return fn if backends.compiled(name) else None
+
+
 def function_apply(cls):
     """``cls.apply`` without ``torch.autograd.Function.apply``'s Python prologue (default-argument binding and
     functorch's dead-wrapper scan over every argument: ~3 µs per call), unless a functorch transform is active."""

@@ -15,7 +15,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import backends
 from ..reference.bernoulli import draws
-from ._dispatch import check_float, check_same, eager, function_apply, run
+from ._dispatch import check_float, check_same, cpp_autograd, eager, function_apply, run
 from .lognormal import SEED_BOUND, fresh_seed, fresh_seed_int, normalize_dim
 
 ESTIMATORS = ("straight_through",)
@@ -140,10 +140,10 @@ def gate(x: Tensor, theta: Tensor, mask: Optional[Tensor], dim: int, seed: Optio
     call this after validating their options once."""
     th = theta if theta.dtype == torch.float32 else theta.to(torch.float32)
     mk = None if mask is None else mask.contiguous()
+    fwd = cpp_autograd("bernoulli_gate", x)
+    if fwd is not None:
+        return fwd(x.contiguous(), th.contiguous(), mk, dim, fresh_seed_int() if seed is None else seed, offset)
     if eager(x):
-        name, fwd = backends.resolve("bernoulli_gate", x.device)
-        if backends.compiled(name):     # its autograd is registered in C++ (csrc/autograd.cpp)
-            return fwd(x.contiguous(), th.contiguous(), mk, dim, fresh_seed_int() if seed is None else seed, offset)
         return _bernoulli_apply(x.contiguous(), th.contiguous(), mk, dim,
                                 fresh_seed_int() if seed is None else seed, offset)
     seed_t = fresh_seed() if seed is None else torch.tensor(seed, dtype=torch.int64)

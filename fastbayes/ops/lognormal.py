@@ -20,8 +20,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import backends
+from ..reference.gate_stats import LOG_SIGMA_MAX, LOG_SIGMA_MIN
 from ..reference.lognormal import GRANULARITIES, draws
-from ._dispatch import check_bounds, check_float, check_same, eager, function_apply, run
+from ._dispatch import check_bounds, check_float, check_same, cpp_autograd, eager, function_apply, run
 
 SEED_BOUND = 2 ** 63
 
@@ -164,12 +165,11 @@ def noise(x: Tensor, mu: Tensor, log_sigma: Tensor, mask: Optional[Tensor], a: f
     modules call this after validating their options once."""
     if log_sigma.dtype != mu.dtype:
         log_sigma = log_sigma.to(mu.dtype)
+    fwd = cpp_autograd("lognormal_noise", x)
+    if fwd is not None:
+        return fwd(x.contiguous(), mu.contiguous(), log_sigma.contiguous(), None if mask is None else mask.contiguous(),
+                   a, b, dim, granularity, fresh_seed_int() if seed is None else seed, offset)
     if eager(x):
-        name, fwd = backends.resolve("lognormal_noise", x.device)
-        if backends.compiled(name):     # its autograd is registered in C++ (csrc/autograd.cpp)
-            return fwd(x.contiguous(), mu.contiguous(), log_sigma.contiguous(),
-                       None if mask is None else mask.contiguous(), a, b, dim, granularity,
-                       fresh_seed_int() if seed is None else seed, offset)
         return _lognormal_apply(x.contiguous(), mu.contiguous(), log_sigma.contiguous(),
                                      None if mask is None else mask.contiguous(), a, b, dim, granularity,
                                      fresh_seed_int() if seed is None else seed, offset)
@@ -183,14 +183,10 @@ def gate(x: Tensor, mu: Tensor, log_sigma: Tensor, mask: Optional[Tensor], a: fl
     """``LogNormalGate``'s training forward: ``log_sigma`` clamped into [LOG_SIGMA_MIN, LOG_SIGMA_MAX] (both official
     codes' forward clamp), then ``noise``.  On the compiled backends one C++ autograd node does both
     (``fastbayes_C::lognormal_gate``, csrc/autograd.cpp): the same kernels and bits, one graph node fewer."""
-    from ..reference.gate_stats import LOG_SIGMA_MAX, LOG_SIGMA_MIN
     if log_sigma.dtype != mu.dtype:
         log_sigma = log_sigma.to(mu.dtype)
-    if eager(x):
-        name, _ = backends.resolve("lognormal_noise", x.device)
-        if backends.compiled(name):
-            return torch.ops.fastbayes_C.lognormal_gate(
-                x.contiguous(), mu.contiguous(), log_sigma.contiguous(), None if mask is None else mask.contiguous(),
-                a, b, dim, granularity, fresh_seed_int() if seed is None else seed, offset, LOG_SIGMA_MIN,
-                LOG_SIGMA_MAX)
+    if cpp_autograd("lognormal_noise", x) is not None:
+        return torch.ops.fastbayes_C.lognormal_gate(
+            x.contiguous(), mu.contiguous(), log_sigma.contiguous(), None if mask is None else mask.contiguous(),
+            a, b, dim, granularity, fresh_seed_int() if seed is None else seed, offset, LOG_SIGMA_MIN, LOG_SIGMA_MAX)
     return noise(x, mu, log_sigma.clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX), mask, a, b, dim, granularity, seed, offset)
