@@ -8,9 +8,11 @@
 // Only the compiled backends take this path (fastbayes.ops decides, per resolved backend); the reference and
 // Triton backends keep their Python Functions, and torch.compile traces the torch.library custom ops.
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -22,8 +24,27 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// torch.clamp's gradient: ``grad`` where lo <= ``input`` <= hi, zero where the clamp cut
+template <typename T>
+at::Tensor clamp_grad_cpu(const at::Tensor& grad, const at::Tensor& input, double lo, double hi) {
+  at::Tensor out = at::empty_like(grad);
+  const T* g = grad.data_ptr<T>();
+  const T* x = input.data_ptr<T>();
+  T* o = out.data_ptr<T>();
+  for (int64_t i = 0, n = grad.numel(); i < n; ++i) {
+    const double v = static_cast<double>(x[i]);
+    o[i] = (v >= lo && v <= hi) ? g[i] : T(0);
+  }
+  return out;
+}
+
+// torch.clamp's gradient: ``grad`` where lo <= ``input`` <= hi, zero where the clamp cut.  On the CPU one loop
+// (the per-unit vectors of a gate are short, and five small ATen calls cost ~10 µs in a training step).
 at::Tensor clamp_grad(const at::Tensor& grad, const at::Tensor& input, double lo, double hi) {
+  if (grad.is_cpu() && input.is_cpu() && grad.is_contiguous() && input.is_contiguous() &&
+      grad.sizes() == input.sizes() && grad.scalar_type() == input.scalar_type()) {
+    if (grad.scalar_type() == at::kFloat) return clamp_grad_cpu<float>(grad, input, lo, hi);
+    if (grad.scalar_type() == at::kDouble) return clamp_grad_cpu<double>(grad, input, lo, hi);
+  }
   return at::where(input.ge(lo).logical_and_(input.le(hi)), grad, at::zeros({}, grad.options()));
 }
 
@@ -103,11 +124,24 @@ class LognormalGateFn : public torch::autograd::Function<LognormalGateFn> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) { return noise_backward(ctx, grads, 9); }
 };
 
+// torch.randint(0, 2**62, (), dtype=torch.int64) from torch's default CPU generator, in C++: ATen's CPU
+// random_from_to takes random64() % range for ranges >= 2**32.  The gate's Python path draws its seeds that way
+// (fastbayes.ops.lognormal.fresh_seed_int); drawing here saves a tensor and a dispatch per gate per step, and a
+// test checks that both draws agree under torch.manual_seed.
+int64_t fresh_seed() {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return static_cast<int64_t>(at::check_generator<at::CPUGeneratorImpl>(gen)->random64() % (uint64_t(1) << 62));
+}
+
 at::Tensor lognormal_gate_autograd(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& log_sigma,
                                    const std::optional<at::Tensor>& mask, double a, double b, int64_t dim,
                                    c10::string_view granularity, int64_t seed, int64_t offset, double log_sigma_min,
                                    double log_sigma_max) {
-  return LognormalGateFn::apply(x, mu, log_sigma, mask, a, b, dim, granularity, seed, offset, log_sigma_min,
+  // contiguous here rather than in Python: four Python calls fewer per gate per step; seed -1: draw one here
+  return LognormalGateFn::apply(x.contiguous(), mu.contiguous(), log_sigma.contiguous(),
+                                mask.has_value() ? std::optional<at::Tensor>(mask->contiguous()) : std::nullopt, a, b,
+                                dim, granularity, seed == -1 ? fresh_seed() : seed, offset, log_sigma_min,
                                 log_sigma_max);
 }
 
@@ -190,6 +224,50 @@ class KlLossFn : public torch::autograd::Function<KlLossFn> {
     return at::dot(kl, weights);
   }
 
+  // The CPU backward as one loop over the units, straight into each gate's gradient tensors: the same roundings
+  // as the op-by-op form below (w·grad in the weights' dtype, then the float64 product with ∂KL rounded once to
+  // each output's dtype, zero where the clamp cut), with none of its ~12 small ATen calls.
+  template <typename W, typename M, typename L>
+  static void cpu_backward_loop(const std::vector<at::Tensor>& saved, const at::Tensor& grad,
+                                const std::vector<int64_t>& sizes, double lo, double hi, variable_list& out) {
+    const W g = grad.to(saved[3].scalar_type()).item<W>();
+    const W* w = saved[3].data_ptr<W>();
+    const L* ls = saved[1].data_ptr<L>();
+    const double* dmu64 = saved[4].data_ptr<double>();
+    const double* dls64 = saved[5].data_ptr<double>();
+    int64_t i = 0;
+    for (size_t k = 0; k < sizes.size(); ++k) {
+      M* dm = out[k].data_ptr<M>();
+      L* dl = out[sizes.size() + k].data_ptr<L>();
+      for (int64_t j = 0; j < sizes[k]; ++j, ++i) {
+        const double gk = static_cast<double>(static_cast<W>(w[i] * g));
+        dm[j] = static_cast<M>(gk * dmu64[i]);
+        // the clamp's dtype round trip of the op-by-op form: float64 → log σ's compute dtype (mu's) → log σ's own
+        const double l = static_cast<double>(ls[i]);
+        dl[j] = (l >= lo && l <= hi) ? static_cast<L>(static_cast<M>(gk * dls64[i])) : L(0);
+      }
+    }
+  }
+
+  static variable_list cpu_backward(const std::vector<at::Tensor>& saved, const at::Tensor& grad,
+                                    const std::vector<int64_t>& sizes, double lo, double hi) {
+    const at::Tensor &m = saved[0], &ls = saved[1], &w = saved[3];
+    variable_list out;
+    out.reserve(2 * sizes.size() + 5);
+    for (auto n : sizes) out.push_back(at::empty({n}, m.options()));
+    for (auto n : sizes) out.push_back(at::empty({n}, ls.options()));
+    const auto mt = m.scalar_type(), lt = ls.scalar_type(), wt = w.scalar_type();
+    if (wt == at::kFloat && mt == at::kFloat && lt == at::kFloat) {
+      cpu_backward_loop<float, float, float>(saved, grad, sizes, lo, hi, out);
+    } else if (wt == at::kDouble && mt == at::kDouble && lt == at::kDouble) {
+      cpu_backward_loop<double, double, double>(saved, grad, sizes, lo, hi, out);
+    } else {
+      return {};  // mixed dtypes: the op-by-op form
+    }
+    for (int i = 0; i < 5; ++i) out.emplace_back();
+    return out;
+  }
+
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = c10::Dispatcher::singleton()
                                .findSchemaOrThrow("fastbayes_C::gate_stats_backward", "")
@@ -199,6 +277,11 @@ class KlLossFn : public torch::autograd::Function<KlLossFn> {
     const at::Tensor &m = saved[0], &ls = saved[1], &lsc = saved[2], &w = saved[3];
     const double lo = ctx->saved_data["lo"].toDouble(), hi = ctx->saved_data["hi"].toDouble();
     // the backward of dot (grad·w), of gate_stats, of clamp (gradient where lo <= log σ <= hi), of cat (split)
+    const auto sizes = ctx->saved_data["sizes"].toIntVector();
+    if (saved.size() == 6 && grads[0].numel() == 1) {
+      auto out = cpu_backward(saved, grads[0], sizes, lo, hi);
+      if (!out.empty()) return out;
+    }
     const at::Tensor gk = w * grads[0];
     at::Tensor dmu, dlsc;
     if (saved.size() == 6) {  // gate_stats_backward's float64 product grad·∂KL, rounded once
@@ -209,7 +292,6 @@ class KlLossFn : public torch::autograd::Function<KlLossFn> {
       std::tie(dmu, dlsc) = op.call(gk, m, lsc, ctx->saved_data["a"].toDouble(), ctx->saved_data["b"].toDouble());
     }
     const at::Tensor dls = clamp_grad(dlsc.to(ls.scalar_type()), ls, lo, hi);
-    const auto sizes = ctx->saved_data["sizes"].toIntVector();
     variable_list out;
     out.reserve(2 * sizes.size() + 5);
     if (sizes.size() == 1) {

@@ -254,10 +254,13 @@ def test_cpp_autograd_equals_python_function(monkeypatch, gran):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("contiguous", [True, False])
 @pytest.mark.parametrize("gran", GRANS)
-def test_gate_node_equals_clamp_then_noise(monkeypatch, gran):
+def test_gate_node_equals_clamp_then_noise(monkeypatch, gran, contiguous):
     """LogNormalGate's forward on the compiled backend is one C++ node (clamp + noise, csrc/autograd.cpp): the same
-    bits as a clamp node followed by the noise, and no log σ gradient where the clamp cut (log σ outside [-20, 5])."""
+    bits as a clamp node followed by the noise, and no log σ gradient where the clamp cut (log σ outside [-20, 5]).
+    The node draws its seed in C++ (seed -1) and makes its inputs contiguous itself: under one torch.manual_seed it
+    must draw what the Python path's fresh_seed_int draws, on a strided input too."""
     _compiled_or_skip()
     gen = torch.Generator().manual_seed(4)
     gate = fb.nn.LogNormalGate(9, granularity=gran)
@@ -268,6 +271,8 @@ def test_gate_node_equals_clamp_then_noise(monkeypatch, gran):
         gate.mask[2] = False
     x = torch.randn(5, 9, 3, generator=gen)
     gy = torch.randn(5, 9, 3, generator=gen)
+    if not contiguous:
+        x = torch.randn(5, 3, 9, generator=gen).transpose(1, 2)
 
     def run():
         xx = x.clone().requires_grad_()

@@ -133,7 +133,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_with_grad_cpu(const at::Tensor
 TORCH_LIBRARY(fastbayes_C, m) {
   m.def("gate_stats(Tensor mu, Tensor log_sigma, float a, float b) -> (Tensor, Tensor, Tensor)");
   m.def("gate_stats_backward(Tensor grad_kl, Tensor mu, Tensor log_sigma, float a, float b) -> (Tensor, Tensor)");
-  // LogNormalGate's forward (log σ clamped, then lognormal_noise): an autograd-only composite (csrc/autograd.cpp)
+  // LogNormalGate's forward (log σ clamped, then lognormal_noise): an autograd-only composite (csrc/autograd.cpp);
+  // seed -1 draws a fresh seed from torch's default CPU generator (as fastbayes.ops.lognormal.fresh_seed_int)
   m.def("lognormal_gate(Tensor x, Tensor mu, Tensor log_sigma, Tensor? mask, float a, float b, int dim, "
         "str granularity, int seed, int offset, float log_sigma_min, float log_sigma_max) -> Tensor");
   // Σ w·KL over several gates' units with log σ clamped: an autograd-only composite (csrc/autograd.cpp)

@@ -129,6 +129,18 @@ class LogNormalGate(nn.Module):
         return d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The training hot path first, on the raw parameter dicts: in a training step, with caches cold after the
+        # matmuls, every Python line here costs ~1 µs (measured: this path and the lean ``kl_loss`` take a BMRS MLP
+        # step from 1.30× to ~1.2× a plain one).  Anything unusual goes through the full checks below.
+        if self.training:
+            n = x.dim()
+            d = self._dim + n if self._dim < 0 else self._dim
+            mu = self._parameters["mu"]
+            if n > 1 and 0 <= d < n and x.shape[d] == mu.shape[0] and (d or self._granularity != "sample") \
+                    and x.is_floating_point():
+                a, b = self._bounds
+                return lognormal.gate(x, mu, self._parameters["log_sigma"], self._buffers["mask"], a, b, d,
+                                      self._granularity, None, 0)
         if x.dim() == 1:            # an unbatched Linear output: a single sample
             return self.forward(x.unsqueeze(0)).squeeze(0)
         d = self._unit_dim(x)

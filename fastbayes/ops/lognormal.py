@@ -186,7 +186,7 @@ def gate(x: Tensor, mu: Tensor, log_sigma: Tensor, mask: Optional[Tensor], a: fl
     if log_sigma.dtype != mu.dtype:
         log_sigma = log_sigma.to(mu.dtype)
     if cpp_autograd("lognormal_noise", x) is not None:
-        return torch.ops.fastbayes_C.lognormal_gate(
-            x.contiguous(), mu.contiguous(), log_sigma.contiguous(), None if mask is None else mask.contiguous(),
-            a, b, dim, granularity, fresh_seed_int() if seed is None else seed, offset, LOG_SIGMA_MIN, LOG_SIGMA_MAX)
+        # the C++ node makes its inputs contiguous, and with seed -1 draws the seed as fresh_seed_int would
+        return torch.ops.fastbayes_C.lognormal_gate(x, mu, log_sigma, mask, a, b, dim, granularity,
+                                                    -1 if seed is None else seed, offset, LOG_SIGMA_MIN, LOG_SIGMA_MAX)
     return noise(x, mu, log_sigma.clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX), mask, a, b, dim, granularity, seed, offset)
