@@ -12,6 +12,9 @@ forward-backward passes over the training set ("epochs"):
   (+ 32/B for the shared inputs).
 * ``dllp_weight``: the same with weight-space SVGD and a minibatch per particle (the "independent-minibatch
   ensemble" of RESULTS §3), pruned to the same per-layer counts.  Compute E + n·S.
+* ``dllp_repulsive``: ``dllp`` with the repulsion weighted by ``--repulsion`` α (default 1000; ``fit(repulsion=α)``,
+  SVGD towards the tempered target (p(D|w) p(w))^(1/α)).  ``dllp_independent``: ``dllp`` with α = 0, the same
+  particles, minibatches and kernel-smoothed scores with no interaction: the ablation the repulsion is judged by.
 * ``point``: the plain network magnitude-pruned (L2 of incoming weights) at those counts, compacted, fine-tuned for
   n·S epochs.  Compute E + n·S.  ``point_temperature`` (in the same file): its logits divided by a temperature fitted
   on the validation split (no extra training).
@@ -47,7 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-METHODS = ("plain", "dllp_shared", "dllp", "dllp_weight", "point", "deep_ensemble", "mc_dropout")
+METHODS = ("plain", "dllp_shared", "dllp", "dllp_weight", "dllp_independent", "dllp_repulsive", "point",
+           "deep_ensemble", "mc_dropout")
 OOD_N = 2000
 
 
@@ -62,6 +66,9 @@ def parse(argv=None):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of every phase")
     p.add_argument("--dropout", type=float, default=0.2, help="MC dropout probability")
+    p.add_argument("--repulsion", type=float, default=1000.0, help="α of the dllp_repulsive run")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=None,
+                   help="run only these (default all; the plain network and the masks are made when missing)")
     p.add_argument("--max-train", type=int, default=None, help="use the first N training images (smoke runs)")
     p.add_argument("--summarize", action="store_true")
     return p.parse_args(argv)
@@ -159,6 +166,9 @@ def run_seed(seed: int, args) -> None:
     def done(method):
         return (out / f"seed{seed}_{method}.json").exists()
 
+    def wanted(method):
+        return args.methods is None or method in args.methods
+
     def write(method, rep, t0, compute):
         rep.update({"method": method, "seed": seed, "compute_epochs": compute, "budget_epochs": budget,
                     "seconds": round(time.time() - t0, 1), "settings": vars_of(args)})
@@ -197,12 +207,15 @@ def run_seed(seed: int, args) -> None:
     masks = torch.load(masks_path)
     counts = {k: int(v.sum()) for k, v in masks.items()}
 
-    for method, kernel in (("dllp", "function"), ("dllp_weight", "weight")):
-        if done(method):
+    for method, kernel, alpha in (("dllp", "function", 1.0), ("dllp_weight", "weight", 1.0),
+                                  ("dllp_independent", "function", 0.0),
+                                  ("dllp_repulsive", "function", args.repulsion)):
+        if done(method) or not wanted(method):
             continue
         t0 = time.time()
         ens = dllp.ParticleEnsemble(plain, n, generator=torch.Generator().manual_seed(seed))
-        hist = ens.fit(train, S, args.lr, args.batch_size, seed=seed, kernel=kernel, per_particle_batches=True)
+        hist = ens.fit(train, S, args.lr, args.batch_size, seed=seed, kernel=kernel, per_particle_batches=True,
+                       repulsion=alpha)
         mean_r = {k: v.double().mean(0) for k, v in ens.responsibilities().items()}
         own_masks = {}
         for k, r in mean_r.items():       # the dllp_shared run's per-layer counts, by mean slab responsibility
@@ -211,10 +224,11 @@ def run_seed(seed: int, args) -> None:
             own_masks[k] = keep
         pruned = ens.pruned(own_masks)
         rep = evaluate(lambda x: pruned.predict(x), test, ood)
-        rep.update(history=hist, consensus_kept=sum(int(v.sum()) for v in ens.consensus_mask().values()))
+        rep.update(history=hist, consensus_kept=sum(int(v.sum()) for v in ens.consensus_mask().values()),
+                   repulsion=alpha)
         write(method, rep, t0, budget)
 
-    if not done("point"):
+    if not done("point") and wanted("point"):
         t0 = time.time()
         small = magnitude_compact(plain, masks, example)
         train_epochs(small, train, n * S, args, torch.Generator().manual_seed(seed + 1000))
@@ -226,7 +240,7 @@ def run_seed(seed: int, args) -> None:
         rep["params"] = count_params(small)
         write("point", rep, t0, budget)
 
-    if not done("deep_ensemble"):
+    if not done("deep_ensemble") and wanted("deep_ensemble"):
         t0 = time.time()
         each = budget // n
         members = []
@@ -241,7 +255,7 @@ def run_seed(seed: int, args) -> None:
         write("deep_ensemble", {**evaluate(lambda x: logits_of(members, x), test, ood),
                                 "epochs_per_member": each}, t0, n * each)
 
-    if not done("mc_dropout"):
+    if not done("mc_dropout") and wanted("mc_dropout"):
         t0 = time.time()
         torch.manual_seed(seed)
         small = add_dropout(magnitude_compact(plain, masks, example), args.dropout)
@@ -258,6 +272,7 @@ def vars_of(args) -> dict:
 # summary
 
 ROWS = [("dllp", "DLLP ensemble (function kernel, own minibatches; default)"),
+        ("dllp_repulsive", "DLLP, repulsion × α (tempered)"), ("dllp_independent", "DLLP, no repulsion (α = 0)"),
         ("dllp_shared", "DLLP, f-SVGD on a shared minibatch"),
         ("dllp_weight", "DLLP, weight-space SVGD, own minibatches"),
         ("deep_ensemble", "deep ensemble (n independent, pruned)"), ("mc_dropout", "MC dropout on the pruned net"),
@@ -314,8 +329,11 @@ def summarize(out: Path) -> None:
             if r:
                 lines.append(f"| {label} | " + " | ".join(fmt([v["ood_auroc_per_set"].get(s) for v in r.values()])
                                                       for s in any_rep["ood_auroc_per_set"]) + " |")
+        alphas = sorted({v.get("repulsion") for v in runs.get("dllp_repulsive", {}).values()})
+        if alphas:
+            lines += ["", f"dllp_repulsive: repulsion weight α = {', '.join(f'{a:g}' for a in alphas)}."]
         lines += ["", "SVGD repulsion / driving (last epoch, in the weights):", ""]
-        for key in ("dllp", "dllp_shared", "dllp_weight"):
+        for key in ("dllp", "dllp_shared", "dllp_weight", "dllp_independent", "dllp_repulsive"):
             r = runs.get(key, {})
             if r:
                 lines.append(f"* {key}: " + ", ".join(f"seed {s}: {v['history'][-1]['repulsion_ratio']:.2e}"
@@ -347,8 +365,9 @@ def plots(runs: dict, out: Path) -> None:
     axes[0].plot([0, 1], [0, 1], "k:", lw=1)
     axes[0].set(xlabel="confidence", ylabel="accuracy", title=f"reliability diagram (seed {seed})")
     axes[1].set(xlabel="coverage (most confident first)", ylabel="accuracy", title="accuracy–coverage")
+    axes[0].legend(fontsize=6, loc="upper left")
+    axes[1].legend(fontsize=6, loc="lower left")
     for ax in axes:
-        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "reliability_and_coverage.png", dpi=120)

@@ -384,9 +384,47 @@ def test_bad_diversity_arguments():
                      ({"per_particle_batches": 1}, "per_particle_batches"), ({"kernel": "output"}, "kernel"),
                      ({"per_particle_batches": None}, "per_particle_batches"), ({"measurement": 1}, "measurement"),
                      ({"measurement": 2, "kernel": "weight"}, "measurement"),
-                     ({"measurement": 2, "per_particle_batches": False}, "measurement")]:
+                     ({"measurement": 2, "per_particle_batches": False}, "measurement"),
+                     ({"repulsion": -1.0}, "repulsion"), ({"repulsion": float("nan")}, "repulsion"),
+                     ({"repulsion": "2"}, "repulsion"), ({"repulsion": 2.0, "kernel": "weight"}, "repulsion"),
+                     ({"repulsion": 0.0, "per_particle_batches": False}, "repulsion")]:
+        before = {k: v.detach().clone() for k, v in ens.params.items()}
         with pytest.raises(ValueError, match=name):
             ens.fit(data, **kw)
+        assert ens.history == [] and all(torch.equal(v, before[k]) for k, v in ens.params.items())
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, 2.5])
+def test_weighted_function_kernel_step_against_explicit_formula(alpha):
+    """The function kernel with per-particle scores and repulsion weight α: .grad_i = −(Σ_j k_ij s_j + α·J_iᵀ Σ_j
+    ∇_{f_j} k(f_j, f_i))/n, with f_i particle i's centred logits on the shared inputs, built here particle by particle
+    from its own module, the kernel's gradient by autograd, and the pull-back by autograd through that module."""
+    torch.manual_seed(0)
+    ens = dllp.ParticleEnsemble(MLP((6, 5, 4)), 3, noise=0.3, generator=torch.Generator().manual_seed(1))
+    plist = [p for p in ens.params.values() if p.requires_grad]
+    names = [k for k, p in ens.params.items() if p.requires_grad]
+    scores = [torch.randn(p.shape) for p in plist]
+    for p, sc in zip(plist, scores):
+        p.grad = -sc.clone()
+    xm, h, n = torch.randn(7, 6), 0.9, 3
+    ens._kernel_on_outputs(xm, plist, h, 1.0, False, alpha)
+    mods = [ens.particle(i) for i in range(n)]
+    fs = []
+    for m in mods:
+        out = m(xm)
+        fs.append((out - out.mean(-1, keepdim=True)).flatten())
+    for i in range(n):
+        fj = [f.detach().clone().requires_grad_() for f in fs]
+        k_sum = sum(torch.exp(-(fj[j] - fs[i].detach()).pow(2).sum() / h) for j in range(n))
+        rep_f = torch.autograd.grad(k_sum, fj)            # ∇_{f_j} k(f_j, f_i) for every j
+        rep_i = sum(rep_f)
+        pulled = torch.autograd.grad(fs[i], list(mods[i].parameters()), rep_i, retain_graph=True)
+        pulled = dict(zip([k for k, _ in mods[i].named_parameters()], pulled))
+        for name, p, sc in zip(names, plist, scores):
+            kvec = torch.stack([torch.exp(-(fs[j].detach() - fs[i].detach()).pow(2).sum() / h) for j in range(n)])
+            drive = (kvec.view(-1, *[1] * (sc.dim() - 1)) * sc).sum(0)
+            want = -(drive + alpha * pulled[name]) / n
+            torch.testing.assert_close(p.grad[i], want, rtol=1e-4, atol=1e-5)
 
 
 def test_fit_refuses_labels_beyond_the_class_count_before_changing_anything():
