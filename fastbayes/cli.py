@@ -166,6 +166,9 @@ def _parser() -> argparse.ArgumentParser:
     pd.add_argument("--particles", type=_int_at_least(2), default=8, help="dllp: number of SVGD particles")
     pd.add_argument("--svgd-epochs", type=_int_at_least(1), default=2,
                     help="dllp: SVGD epochs after the --epochs plain ones")
+    pd.add_argument("--repulsion", type=_nonnegative_float, default=None,
+                    help="dllp: weight α of SVGD's repulsive term (default 1; 0 switches the interaction off, "
+                         "α > 1 targets the tempered posterior; docs/RESULTS.md §3.2)")
     pd.add_argument("--no-dense", action="store_true",
                     help="skip the dense baseline (faster; then no speed-up is claimed). dllp: its plain phase "
                          "is the baseline and is always reported")
@@ -195,6 +198,8 @@ def main(argv=None) -> int:
         if args.model not in ("lenet5", "lenet5-bmrs", "bmrs-mlp") and not _is_mlp(args.model):
             demo_parser.error(f"argument --model: expected lenet5, lenet5-bmrs, bmrs-mlp, mlp or mlp-H1-H2..., "
                               f"got {args.model!r}")
+        if args.repulsion is not None and args.method != "dllp":
+            demo_parser.error(f"argument --repulsion: applies to dllp, not {args.method}")
         if args.price is not None and args.method != "bernoulli":
             demo_parser.error(f"argument --price: applies to bernoulli, not {args.method}")
         if args.decide_batch is not None and args.method != "bernoulli":
@@ -212,7 +217,8 @@ def main(argv=None) -> int:
             svgd_epochs=args.svgd_epochs, kl=args.kl, gate_lr_factor=args.gate_lr_factor, delta_f=args.delta_f,
             dense=not args.no_dense, post_training_steps=args.post_training or 0,
             **({} if args.price is None else {"price": args.price}),
-            **({} if args.decide_batch is None else {"decide_batch": args.decide_batch}))
+            **({} if args.decide_batch is None else {"decide_batch": args.decide_batch}),
+            **({} if args.repulsion is None else {"repulsion": args.repulsion}))
         return 0
     return bench(args)
 

@@ -220,6 +220,29 @@ def test_demo_dllp_report(tmp_path):
                 "accuracy_vs_compression.png"):
         assert (tmp_path / png).stat().st_size > 1000
     assert rep["reliability"] == saved["reliability"]
+    assert saved["svgd_settings"]["repulsion"] == 1.0
+
+
+def test_demo_dllp_repulsion_reaches_the_fit_and_bad_values_change_nothing(tmp_path, capsys):
+    """--repulsion 0 runs the ablation (no repulsion: the recorded ratio is 0); a bad value is refused before the
+    demo trains or writes anything; other methods refuse the flag."""
+    from fastbayes.cli import main
+    args = ["demo", "--method", "dllp", "--dataset", "digits", "--model", "mlp-12", "--epochs", "1",
+            "--svgd-epochs", "1", "--particles", "3", "--max-train", "192", "--batch-size", "64", "--no-plots"]
+    assert main([*args, "--repulsion", "0", "--out", str(tmp_path / "a0")]) == 0
+    saved = json.loads((tmp_path / "a0" / "report.json").read_text())
+    assert saved["repulsion_ratio"] == 0.0
+    for bad in ("-1", "nan", "x"):
+        with pytest.raises(SystemExit):
+            main([*args, "--repulsion", bad, "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
+    from fastbayes.apps.demo import run
+    with pytest.raises(ValueError, match="repulsion"):
+        run("dllp", "mlp-12", "digits", epochs=1, out=tmp_path / "bad2", max_train=192, quiet=True, repulsion=-2.0)
+    assert not (tmp_path / "bad2").exists()
+    with pytest.raises(SystemExit):
+        main(["demo", "--method", "sbp", "--repulsion", "2", "--out", str(tmp_path / "bad3")])
+    assert "--repulsion: applies to dllp" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------------------

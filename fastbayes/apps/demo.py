@@ -165,7 +165,7 @@ def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None 
         lr: float = 1e-3, max_train: int | None = None, plots: bool = True, quiet: bool = False, *,
         n_particles: int = 8, svgd_epochs: int = 2, kl: str = "mean", gate_lr_factor: float = 10.0,
         delta_f: str = "code", dense: bool = True, post_training_steps: int = 0, price: float = PRICE,
-        decide_batch: int | None = None) -> dict:
+        decide_batch: int | None = None, repulsion: float = 1.0) -> dict:
     """Train, prune, compact and measure; returns the report dict, also written to ``out/report.json``.
 
     * ``method``: "sbp", "bmrs_n", "bmrs_u" (gated training, masks recomputed every epoch, the last ``finetune``
@@ -179,6 +179,8 @@ def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None 
     * ``gate_lr_factor``: lr multiplier of the gates' μ and log σ, 10 by default so that log σ moves in ~2 epochs
       instead of ~15 (docs/METHODS.md §1.4).
     * ``price``: "bernoulli"'s cost-aware prior, nats per parameter over the training set (``CostPrior``).
+    * ``repulsion``: "dllp": weight α of SVGD's repulsive term (``ParticleEnsemble.fit(repulsion=...)``; 0 switches
+      the interaction off, α > 1 targets the tempered posterior; docs/RESULTS.md §3.2).
     * ``decide_batch``: "bernoulli": training examples on which ``decide`` judges the units in transit after every
       epoch (default ``DECIDE_BATCH``; their exact gradients' noise floor sets the final widths; docs/RESULTS.md §2).
     * ``delta_f``: ΔF_N of "bmrs_n", "code" (the released code's, +½·log 2π; prunes) or "paper" (exact);
@@ -193,8 +195,10 @@ def run(method: str = "bmrs_n", model_name: str = "lenet5", dataset: str | None 
         return _run_bernoulli(model_name, dataset, epochs, seed, out, batch_size, lr, max_train, plots, quiet, dense,
                               price, decide_batch)
     if method == "dllp":
+        from ..dllp import _finite
+        repulsion = _finite("repulsion", repulsion, nonnegative=True)   # before anything is trained or written
         return _run_dllp(model_name, dataset, epochs, seed, out, batch_size, lr, max_train, plots, quiet,
-                         n_particles, svgd_epochs)
+                         n_particles, svgd_epochs, repulsion)
     finetune = _finetune_default(epochs, finetune)
     if delta_f not in ("code", "paper"):
         raise ValueError(f"delta_f must be 'code' or 'paper', got {delta_f!r}")
@@ -427,7 +431,7 @@ def _plots(rep: dict, final, out: Path) -> None:
 # method "dllp": SVGD particle pruning with a reliability report (fastbayes.dllp, docs/METHODS.md §4)
 
 def _run_dllp(model_name, dataset, epochs, seed, out, batch_size, lr, max_train, plots, quiet, n_particles,
-              svgd_epochs) -> dict:
+              svgd_epochs, repulsion=1.0) -> dict:
     """Train the plain network, run SVGD on ``n_particles`` particles, prune by consensus, compact the particle mean
     and report the common keys plus ``n_particles``, ``reliability`` of the pruned ensemble
     (``metrics.uncertainty_report``: calibration, misclassification and OOD AUROC), ``baselines`` (``point``: the
@@ -459,10 +463,10 @@ def _run_dllp(model_name, dataset, epochs, seed, out, batch_size, lr, max_train,
     # moved by SVGD with the kernel on their outputs over shared inputs (docs/METHODS.md §4.2, RESULTS.md §3)
     svgd_settings = {"noise": dllp.DEFAULT_NOISE, "noise_scale": "relative", "kernel": "function",
                      "per_particle_batches": True, "measurement": min(batch_size, 32), "temperature": 1.0,
-                     "bandwidth": "median heuristic med²/log(n+1)"}
+                     "bandwidth": "median heuristic med²/log(n+1)", "repulsion": repulsion}
     ens = dllp.ParticleEnsemble(model, n_particles, dllp.DEFAULT_NOISE, noise_scale="relative")
     for h in ens.fit(train, svgd_epochs, lr, batch_size, seed=seed, kernel="function", temperature=1.0,
-                     callback=on_epoch, progress=not quiet):
+                     repulsion=repulsion, callback=on_epoch, progress=not quiet):
         history.append({**h, "epoch": epochs + h["epoch"]})
     train_seconds = time.perf_counter() - t_train
     masks = ens.consensus_mask()
