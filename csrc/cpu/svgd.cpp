@@ -204,6 +204,64 @@ bool use_avx2() { return cpu::best_isa() >= cpu::kAvx2; }
 bool use_avx512() { return cpu::best_isa() >= cpu::kAvx512; }
 #endif
 
+#ifdef FB_SVGD_AVX2
+// n <= 8 on AVX-512: a tile's Gram block straight from x, without the shifted copy in a buffer.  Per 16 columns the
+// n − 1 rows minus row 0 are formed in registers (row 0's own products are zero) and the (n−1)·n/2 products i <= j
+// accumulate in float lanes over the tile, then into G in double, as the buffered kernels do; the tile's max |x_i − x_0|
+// rides along.  Returns false, with G untouched, when that max calls for the overflow guard's rescaling: the caller
+// then runs the buffered path on the same tile.  The tail of a tile is loaded under a mask (zeros beyond w).
+constexpr int64_t kPrefetch = 1024;  // columns ahead (4 KB a row)
+
+template <int N>
+__attribute__((target(FB_AVX512_TARGET))) bool gram_tile_direct_avx512(const float* x, int64_t m, int64_t t0,
+                                                                       int64_t w, int64_t ct, int64_t npad,
+                                                                       double* G) {
+  constexpr int R = N - 1, Q = R * (R + 1) / 2;
+  __m512 acc[Q];
+#pragma GCC unroll 28
+  for (int q = 0; q < Q; ++q) acc[q] = _mm512_setzero_ps();
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  __m512 vmax = _mm512_setzero_ps();
+  for (int64_t c = 0; c < w; c += 16) {
+    const __mmask16 k = c + 16 <= w ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (w - c)) - 1);
+    // n rows advance together, one cache line each per step: the hardware prefetchers fall behind on that many
+    // interleaved streams, so ask for each row's line kPrefetch columns ahead
+#pragma GCC unroll 8
+    for (int i = 0; i < N; ++i)
+      _mm_prefetch(reinterpret_cast<const char*>(x + i * m + t0 + c + kPrefetch), _MM_HINT_T0);
+    const __m512 r = _mm512_maskz_loadu_ps(k, x + t0 + c);
+    __m512 d[R];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      d[i] = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + (i + 1) * m + t0 + c), r);
+      vmax = _mm512_max_ps(_mm512_andnot_ps(sign, d[i]), vmax);  // a NaN lane keeps vmax (second operand)
+    }
+    int q = 0;
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+      for (int j = i; j < R; ++j, ++q) acc[q] = _mm512_fmadd_ps(d[i], d[j], acc[q]);
+  }
+  const float amax = _mm512_reduce_max_ps(vmax);
+  const float hi = std::sqrt(std::numeric_limits<float>::max() / static_cast<float>(4 * ct));
+  if (std::isfinite(amax) && amax > 0.0f && (amax > hi || amax < 1e-17f)) return false;
+  int q = 0;
+  for (int i = 0; i < R; ++i)
+    for (int j = i; j < R; ++j, ++q) G[(i + 1) * npad + j + 1] += hsum_avx512(acc[q]);
+  return true;
+}
+
+using DirectGram = bool (*)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, double*);
+
+DirectGram direct_gram(int64_t n) {
+  static constexpr DirectGram table[] = {gram_tile_direct_avx512<2>, gram_tile_direct_avx512<3>,
+                                         gram_tile_direct_avx512<4>, gram_tile_direct_avx512<5>,
+                                         gram_tile_direct_avx512<6>, gram_tile_direct_avx512<7>,
+                                         gram_tile_direct_avx512<8>};
+  return n >= 2 && n <= 8 && use_avx512() ? table[n - 2] : nullptr;
+}
+#endif
+
 template <typename T>
 void gram_tile(const T* buf, int64_t npad, int64_t ct, double* G) {
 #ifdef FB_SVGD_AVX2
@@ -224,6 +282,11 @@ void gram_chunk(const T* x, int64_t n, int64_t m, int64_t c0, int64_t c1, std::v
   if (buf.size() < static_cast<size_t>(npad * ct_max)) buf.assign(npad * ct_max, T(0));
   for (int64_t t0 = c0; t0 < c1; t0 += ct_max) {
     const int64_t w = std::min(ct_max, c1 - t0), ct = round_up(w, L);
+#ifdef FB_SVGD_AVX2
+    if constexpr (std::is_same_v<T, float>) {
+      if (const DirectGram direct = direct_gram(n); direct && direct(x, m, t0, w, ct, npad, G)) continue;
+    }
+#endif
     T amax;
 #ifdef FB_SVGD_AVX2
     if constexpr (std::is_same_v<T, float>) {
@@ -475,6 +538,11 @@ __attribute__((target(FB_AVX512_TARGET))) void apply_direct_avx512(const float* 
   bool aligned = true;
   for (int i = 0; i < N; ++i) aligned = aligned && (reinterpret_cast<uintptr_t>(P + i * m + c0) & 63) == 0;
   for (int64_t col = c0; col + 16 <= c1; col += 16) {
+#pragma GCC unroll 8
+    for (int j = 0; j < N; ++j) {  // 2n read streams in step: prefetch as the Gram pass does
+      _mm_prefetch(reinterpret_cast<const char*>(X + j * m + col + kPrefetch), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(S + j * m + col + kPrefetch), _MM_HINT_T0);
+    }
     __m512 x[N], acc[N];
 #pragma GCC unroll 8
     for (int i = 0; i < N; ++i) acc[i] = _mm512_setzero_ps();
