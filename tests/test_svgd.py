@@ -176,6 +176,24 @@ def test_cpu_huge_and_tiny_particles_stay_finite(scale):
         _close(phi, svgd_direction(x, s), 1e-4, "phi")
 
 
+def test_cpu_gram_tiles_in_and_out_of_the_float_range():
+    """n = 8 (the one-pass Gram kernel where AVX-512 runs): a tile whose differences need the overflow guard's
+    rescaling falls back to the buffered kernel, its neighbours do not; together they match the float64 reference."""
+    if not fb.backends.available()["cpu"]:
+        pytest.skip("no compiled CPU backend")
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(8, 3 * 4096 + 5, generator=g)
+    x[:, 4096:8192] *= 1e-19                      # a tile of tiny differences (squares underflow float32)
+    for scale in (1.0, 1e18):
+        xs = x.clone()
+        xs[:, 8192:] *= scale                       # and with a tile of huge ones
+        with fb.backends.use("cpu"):
+            K, h = torch.ops.fastbayes.svgd_kernel_matrix([xs], None)
+        K_ref, h_ref = R.svgd_kernel_matrix([xs.double()], None)
+        _close(K, K_ref, 1e-5, "K")
+        _close(h.reshape(()), h_ref, 1e-5, "h")
+
+
 @pytest.mark.parametrize("bandwidth", [None, 1.5])
 def test_backend_public_op(kernel_backend, bandwidth):
     name, device = kernel_backend
