@@ -305,7 +305,7 @@ def summarize(out: Path) -> None:
     runs = load_runs(out)
     lines = ["# DLLP reliability against baselines (BMRS Lenet5 / Fashion-MNIST)", "",
              f"Made with `{' '.join(shlex.quote(a) for a in sys.argv)}`; mean ± std over seeds "
-             f"({', '.join(str(s) for s in sorted(runs.get('dllp', {})))}).", "",
+             f"({', '.join(str(s) for s in sorted({s for r in runs.values() for s in r}))}).", "",
              "| method | seeds | compute (epochs) | " + " | ".join(k for _, k in KEYS) + " | MI |",
              "|---|---:|---:|" + "---:|" * (len(KEYS) + 1)]
     for key, label in ROWS:
