@@ -446,18 +446,23 @@ def _pyplot():
     return plt
 
 
+def _named_pairs(arg: str, d, parts: str) -> list:
+    """The items of ``d``, checked to be a non-empty {name: (a, b)}; ``parts`` names a and b in the messages."""
+    if not isinstance(d, Mapping) or not d:
+        raise ValueError(f"{arg} must be a non-empty dict {{name: ({parts})}}")
+    for name, pair in d.items():
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"{arg}[{name!r}] must be a pair ({parts})")
+    return list(d.items())
+
+
 def plot_accuracy_coverage(curves: Mapping, path, title: Optional[str] = None) -> Path:
     """Accuracy against coverage (``accuracy_coverage``) of several models on one axes, written as a PNG to ``path``.
 
     ``curves`` is {name: (probs [N, classes], labels [N])}; the legend gives each model's ``area`` (mean selective
     accuracy), and a dotted line each model's accuracy at full coverage."""
-    if not isinstance(curves, Mapping) or not curves:
-        raise ValueError("curves must be a non-empty dict {name: (probs, labels)}")
     res = {}
-    for name, pair in curves.items():
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise ValueError(f"curves[{name!r}] must be a pair (probs, labels)")
-        p, y = pair
+    for name, (p, y) in _named_pairs("curves", curves, "probs, labels"):
         if not isinstance(p, Tensor) or not isinstance(y, Tensor):
             raise ValueError(f"curves[{name!r}] must be a pair of tensors (probs, labels)")
         res[name] = accuracy_coverage(p.detach().cpu(), y.detach().cpu())
@@ -485,12 +490,8 @@ def plot_ood_entropy(hist: Mapping, path, n_bins: int = 30, title: Optional[str]
     ``hist`` is {name: (entropy_in [N], entropy_out [M])} (e.g. ``entropy(p_in)``, ``entropy(p_out)``); each panel's
     title gives the ``auroc`` of telling them apart by entropy (the ``ood_auroc``)."""
     n_bins = _n_bins(n_bins)
-    if not isinstance(hist, Mapping) or not hist:
-        raise ValueError("hist must be a non-empty dict {name: (entropy_in, entropy_out)}")
     data = {}
-    for name, pair in hist.items():
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise ValueError(f"hist[{name!r}] must be a pair (entropy_in, entropy_out)")
+    for name, pair in _named_pairs("hist", hist, "entropy_in, entropy_out"):
         for t in pair:
             if (not isinstance(t, Tensor) or not t.is_floating_point() or t.dim() != 1 or t.numel() == 0
                     or not bool(torch.isfinite(t).all())):

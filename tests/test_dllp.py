@@ -437,6 +437,7 @@ def test_weighted_function_kernel_step_against_explicit_formula(alpha):
         out = m(xm)
         fs.append((out - out.mean(-1, keepdim=True)).flatten())
     for i in range(n):
+        kvec = torch.stack([torch.exp(-(fs[j].detach() - fs[i].detach()).pow(2).sum() / h) for j in range(n)])
         fj = [f.detach().clone().requires_grad_() for f in fs]
         k_sum = sum(torch.exp(-(fj[j] - fs[i].detach()).pow(2).sum() / h) for j in range(n))
         rep_f = torch.autograd.grad(k_sum, fj)            # ∇_{f_j} k(f_j, f_i) for every j
@@ -444,7 +445,6 @@ def test_weighted_function_kernel_step_against_explicit_formula(alpha):
         pulled = torch.autograd.grad(fs[i], list(mods[i].parameters()), rep_i, retain_graph=True)
         pulled = dict(zip([k for k, _ in mods[i].named_parameters()], pulled))
         for name, p, sc in zip(names, plist, scores):
-            kvec = torch.stack([torch.exp(-(fs[j].detach() - fs[i].detach()).pow(2).sum() / h) for j in range(n)])
             drive = (kvec.view(-1, *[1] * (sc.dim() - 1)) * sc).sum(0)
             want = -(drive + alpha * pulled[name]) / n
             torch.testing.assert_close(p.grad[i], want, rtol=1e-4, atol=1e-5)

@@ -80,13 +80,18 @@ def test_backend_draws_are_reproducible(kernel_backend):
     assert not torch.equal(y1, y3)
 
 
-@pytest.mark.parametrize("gran", GRANS)
-def test_reference_gradcheck(gran):
-    gen = torch.Generator().manual_seed(0)
+def _gradcheck_case(seed):
+    """float64 x [3, 5, 4], μ, log σ (leaves) and a mask with one pruned unit, for the gradchecks."""
+    gen = torch.Generator().manual_seed(seed)
     x = torch.randn(3, 5, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     mu = (torch.randn(5, generator=gen, dtype=torch.float64) - 2).requires_grad_()
     ls = (torch.randn(5, generator=gen, dtype=torch.float64) * 0.5 - 1).requires_grad_()
-    mask = torch.tensor([True, True, False, True, True])
+    return x, mu, ls, torch.tensor([True, True, False, True, True])
+
+
+@pytest.mark.parametrize("gran", GRANS)
+def test_reference_gradcheck(gran):
+    x, mu, ls, mask = _gradcheck_case(0)
     with fb.backends.use("reference"):
         f = lambda x_, m_, l_: fb.ops.lognormal_noise(x_, m_, l_, granularity=gran, mask=mask, seed=3, offset=5)
         assert torch.autograd.gradcheck(f, (x, mu, ls))
@@ -219,11 +224,7 @@ def _compiled_or_skip():
 def test_cpp_autograd_gradcheck(gran):
     """The eager path on the compiled backend has its autograd in C++ (csrc/autograd.cpp): finite differences."""
     _compiled_or_skip()
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(3, 5, 4, generator=gen, dtype=torch.float64, requires_grad=True)
-    mu = (torch.randn(5, generator=gen, dtype=torch.float64) - 2).requires_grad_()
-    ls = (torch.randn(5, generator=gen, dtype=torch.float64) * 0.5 - 1).requires_grad_()
-    mask = torch.tensor([True, True, False, True, True])
+    x, mu, ls, mask = _gradcheck_case(1)
     with fb.backends.use("cpu"):
         y = fb.ops.lognormal_noise(x, mu, ls, granularity=gran, mask=mask, seed=3, offset=5)
         assert type(y.grad_fn).__name__ == "CppFunction"     # not the Python Function of the other backends

@@ -75,9 +75,8 @@ def kl_loss(model: nn.Module, reduction: str = "sum") -> torch.Tensor:
     code instead: the mean KL over the units of each layer, then the mean over layers, added to the mean CE with
     weight 1 (a KL about N/(L·U) times stronger than the ELBO; METHODS.md §2.1).  A coupled gate counts once.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if reduction != "sum" and reduction != "mean":
+    _check_model(model)
+    if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     found = _lognormal_gates(model)
     if not found:
