@@ -5,6 +5,10 @@ steps round-robin (plain, fastbayes, plain, fastbayes, ...), so that the machine
 
 * ``plain``: the model without gates (the baseline every ratio divides by);
 * ``fastbayes``: ``fb.add_gates(model, granularity=...)`` and the loss ``CE + fb.kl_loss(model, reduction)``;
+* ``floor`` ("batch", BMRS configs): the cheapest gate eager PyTorch expresses with the same structure, for scale:
+  fastbayes' own sites and hooks with each gate swapped for ``y = x·(μ·s)`` (two parameters per unit, as a
+  log-normal gate has) and a two-op penalty per gate — what the per-tensor Adam, the hooks and autograd charge any
+  two-parameter gate before it draws anything;
 * ``peer`` ("element" only): a plain-PyTorch per-element noise layer written like the papers' layers (BMRS's
   ``util.reparameterize`` and per-layer mean KL: one uniform per element, clamp γ into [1e-5, 1 - 1e-5], Φ⁻¹ by
   ``erfinv``, KL from ``ndtr``), placed where BMRS places it (after the activation).
@@ -28,6 +32,7 @@ import fastbayes as fb
 from fastbayes._compat import import_torchvision
 from fastbayes.benchtools import interleaved
 from fastbayes.apps.models import LeNet5BMRS
+from fastbayes.nn.sites import GATE_ATTR
 from models import LeNet5
 
 A, B = -20.0, 0.0
@@ -63,6 +68,22 @@ class PeerNoise(nn.Module):
         pdf = lambda t: torch.exp(-0.5 * t * t) / math.sqrt(2 * math.pi)  # noqa: E731
         entropy = torch.log(math.sqrt(2 * math.pi * math.e) * sigma * z) + (alpha * pdf(alpha) - beta * pdf(beta)) / (2 * z)
         return (math.log(B - A) - entropy).mean()      # BMRS: mean over the layer's units
+
+
+class FloorGate(nn.Module):
+    """The ``floor`` provider's gate: y = x·(μ·s) over dim 1, two parameters per unit and no noise."""
+
+    def __init__(self, units: int):
+        super().__init__()
+        self.mu = nn.Parameter(torch.ones(units))
+        self.log_sigma = nn.Parameter(torch.ones(units))
+
+    def forward(self, x):
+        v = self.mu * self.log_sigma
+        return x * (v.view(-1, 1, 1) if x.dim() == 4 else v)
+
+    def kl(self):
+        return (self.mu * self.log_sigma).mean()
 
 
 class BMRSMLP(nn.Module):
@@ -135,6 +156,15 @@ def _providers(name, gran):
     scale = 1.0 if reduction == "mean" else 1.0 / N_TRAIN
     steps = {"plain": _step_fn(plain, x, y, None),
              "fastbayes": _step_fn(gated, x, y, lambda: fb.kl_loss(gated, reduction) * scale)}
+    if peer_ctor is not None and gran == "batch":
+        torch.manual_seed(0)
+        floor = plain_ctor()
+        fb.add_gates(floor, granularity=gran)
+        hosts = [m for m in floor.modules() if isinstance(getattr(m, GATE_ATTR, None), fb.nn.LogNormalGate)]
+        for m in hosts:
+            m._modules[GATE_ATTR] = FloorGate(m._modules[GATE_ATTR].num_features)
+        floors = [m._modules[GATE_ATTR] for m in hosts]
+        steps["floor"] = _step_fn(floor, x, y, lambda: sum(f.kl() for f in floors) / len(floors))
     if peer_ctor is not None and gran == "element":
         torch.manual_seed(0)
         peer = peer_ctor()

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "common/backward_hint.h"
 #include "common/kl_with_grad.h"
 
 namespace fastbayes {
@@ -134,11 +135,18 @@ int64_t fresh_seed() {
   return static_cast<int64_t>(at::check_generator<at::CPUGeneratorImpl>(gen)->random64() % (uint64_t(1) << 62));
 }
 
+// What Function::apply checks before it records a node: the CPU per-element kernel then leaves its draws for the
+// backward (common/backward_hint.h).
+bool will_backward(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& log_sigma) {
+  return at::GradMode::is_enabled() && (x.requires_grad() || mu.requires_grad() || log_sigma.requires_grad());
+}
+
 at::Tensor lognormal_gate_autograd(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& log_sigma,
                                    const std::optional<at::Tensor>& mask, double a, double b, int64_t dim,
                                    c10::string_view granularity, int64_t seed, int64_t offset, double log_sigma_min,
                                    double log_sigma_max) {
   // contiguous here rather than in Python: four Python calls fewer per gate per step; seed -1: draw one here
+  const ForwardWillBackward hint(will_backward(x, mu, log_sigma));
   return LognormalGateFn::apply(x.contiguous(), mu.contiguous(), log_sigma.contiguous(),
                                 mask.has_value() ? std::optional<at::Tensor>(mask->contiguous()) : std::nullopt, a, b,
                                 dim, granularity, seed == -1 ? fresh_seed() : seed, offset, log_sigma_min,
@@ -148,6 +156,7 @@ at::Tensor lognormal_gate_autograd(const at::Tensor& x, const at::Tensor& mu, co
 at::Tensor lognormal_noise_autograd(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& log_sigma,
                                     const std::optional<at::Tensor>& mask, double a, double b, int64_t dim,
                                     c10::string_view granularity, int64_t seed, int64_t offset) {
+  const ForwardWillBackward hint(will_backward(x, mu, log_sigma));
   return LognormalNoiseFn::apply(x, mu, log_sigma, mask, a, b, dim, granularity, seed, offset);
 }
 

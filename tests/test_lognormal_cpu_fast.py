@@ -151,3 +151,56 @@ def test_cached_tables_bit_identical(gran):
 def ref_lognormal(x, mu, ls, *args):
     from fastbayes.reference import lognormal as ref
     return ref.lognormal_noise(x, mu, ls, *args)
+
+
+_SAVED_SUBPROCESS = r"""
+import json, torch
+from fastbayes import _C
+C = torch.ops.fastbayes_C
+gen = torch.Generator().manual_seed(8)
+mu = torch.tensor([0.0, -60.0, 30.0, -10.0, -20.0, 3.0, -19.5, -0.5, -2.0, 8.0, -100.0, -1.0])
+ls = torch.log(torch.tensor([6.7e-3, 1e3, 1e-6, 1e3, 1e-6, 0.37, 0.05, 3.0, 1.0, 1.0, 5.0, 0.6]))
+out = []
+for shape, dim in [((37, 12), 1), ((300, 12), 1), ((3, 12, 5, 7), 1), ((2, 3, 12), 2), ((4, 12, 11000), 1)]:
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for masked in (False, True):
+            mask = (torch.arange(12) % 4 != 1) if masked else None
+            args = (mask, -20.0, 0.0, dim, "element", 77, 1 << 20)
+            x = torch.randn(shape, generator=gen).to(dtype)
+            g = torch.randn(shape, generator=gen).to(dtype)
+            # through the C++ autograd node (the forward leaves its draws, the backward takes them) ...
+            xs, ms, lss = x.clone().requires_grad_(), mu.clone().requires_grad_(), ls.clone().requires_grad_()
+            y = C.lognormal_noise(xs, ms, lss, *args)
+            y.backward(g, retain_graph=True)
+            saved = (y.detach(), xs.grad.clone(), ms.grad.clone(), lss.grad.clone())
+            xs.grad = ms.grad = lss.grad = None
+            y.backward(g)   # the tables were taken: this one draws again
+            again = (xs.grad, ms.grad, lss.grad)
+            # ... against the ops called directly, which draw again
+            direct = (C.lognormal_noise(x, mu, ls, *args), *C.lognormal_noise_backward(g, x, mu, ls, *args))
+            # x = g = 1: y is θ and dx is θ, so the forward's and the backward's draws must be the same bits
+            one = torch.ones(shape, dtype=dtype)
+            o = one.clone().requires_grad_()
+            yo = C.lognormal_noise(o, mu, ls, *args)
+            yo.backward(one)
+            dxo = C.lognormal_noise_backward(one, one, mu, ls, *args)[0]
+            out.append(dict(case=[list(shape), str(dtype), masked],
+                            saved=all(torch.equal(a, b) for a, b in zip(saved, direct)),
+                            again=all(torch.equal(a, b) for a, b in zip(again, direct[1:])),
+                            theta=bool(torch.equal(yo.detach(), o.grad) and torch.equal(yo.detach(), dxo))))
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_element_saved_draws_bit_identical(isa):
+    """A differentiated per-element forward leaves its draws (θ and the two gradient factors) for its backward, which
+    then streams instead of drawing again: through autograd the results equal the ops called directly (which draw
+    again) bit for bit, masks, extreme parameters and a shape past the saving limit included; a second backward
+    (the tables taken) equals them too; and the forward's θ is the backward's θ (x = g = 1: y = dx)."""
+    res = subprocess.run([sys.executable, "-c", _SAVED_SUBPROCESS], env=_isa_env(isa), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads(res.stdout.strip().splitlines()[-1])
+    assert len(rows) == 30
+    for r in rows:
+        assert r["saved"] and r["again"] and r["theta"], r

@@ -49,6 +49,18 @@ class ContentCache {
     return nullptr;
   }
 
+  // find, then drop the entry: for values that one consumer uses once (lognormal's per-element draw tables)
+  std::shared_ptr<const V> take(const std::vector<char>& key) {
+    for (size_t i = 0; i < entries_.size(); ++i) {
+      if (entries_[i].key == key) {
+        std::shared_ptr<const V> v = std::move(entries_[i].value);
+        entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(i));
+        return v;
+      }
+    }
+    return nullptr;
+  }
+
   void put(std::vector<char> key, std::shared_ptr<const V> value, size_t bytes) {
     if (bytes + key.size() > max_bytes_) return;  // too large to keep
     entries_.insert(entries_.begin(), Entry{std::move(key), std::move(value), bytes});

@@ -10,7 +10,10 @@
 //     asymptotic quantile and the Mills-ratio gradients where no lane of a block can reach them).  Everything is
 //     compiled three times (baseline x86-64, AVX2+FMA, AVX-512) and isa.h picks one at run time;
 //     FASTBAYES_CPU_ISA=base|avx2|avx512 caps it.  float64 x uses the scalar header math
-//     (fastbayes/lognormal.h) and is the accuracy path, not the fast one.
+//     (fastbayes/lognormal.h) and is the accuracy path, not the fast one.  A forward that will be differentiated
+//     (common/backward_hint.h) leaves its draws and their gradient factors for its backward when the activation is
+//     small (ElementTables); otherwise the backward regenerates them from the counters.  Either way the draw runs
+//     as one out-of-line copy per ISA (draws/factors), so forward and backward agree to the bit.
 // The per-unit gradient sums go into double accumulators per chunk of a partition that depends only on the
 // shape, then are summed in chunk order: results do not depend on the thread count, and there are no atomics.
 #include <ATen/ATen.h>
@@ -29,6 +32,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../common/backward_hint.h"
 #include "fastbayes/lognormal.h"
 #include "isa.h"
 #include "content_cache.h"
@@ -36,6 +40,12 @@
 #include "vec_math.h"
 
 namespace fastbayes {
+
+bool& forward_will_backward() {
+  thread_local bool on = false;
+  return on;
+}
+
 namespace {
 
 #define FB_AI inline __attribute__((always_inline))
@@ -263,6 +273,54 @@ FB_AI void grad_block_any(int n, const Lanes<float, kUniform>& P, const DrawBloc
   }
 }
 
+// The draw and its gradient factors out of line, one copy per ISA, called by every pass: a forward that saves the
+// draws for its backward and a backward that draws again must run the same instructions (inlined into different
+// loops, the compiler is free to contract a multiply-add differently, and θ would differ in the last bit between
+// the forward's y = x·θ and the backward's dx = g·θ).  A call per block of kLanes draws costs nothing measurable.
+#define FB_DRAW_FNS(attr, sfx, isa)                                                                       \
+  template <bool kU>                                                                                      \
+  attr __attribute__((noinline)) void draws_##sfx(int n, uint64_t seed, uint64_t ctr0, const Lanes<float, kU>& P, \
+                                                  float a, float b, DrawBlock& d) {                       \
+    draw_block<isa, kU>(n, seed, ctr0, P, a, b, d);                                                       \
+  }                                                                                                       \
+  template <bool kU>                                                                                      \
+  attr __attribute__((noinline)) void factors_##sfx(int n, const Lanes<float, kU>& P, const DrawBlock& d,    \
+                                                    float* gm, float* gs) {                               \
+    grad_block_any<isa, kU>(n, P, d, gm, gs);                                                             \
+  }
+FB_DRAW_FNS(, base, kBase)
+#ifdef FB_X86_PATHS
+FB_DRAW_FNS(__attribute__((target(FB_AVX2_TARGET))), avx2, kAvx2)
+FB_DRAW_FNS(__attribute__((target(FB_AVX512_TARGET))), avx512, kAvx512)
+#endif
+#undef FB_DRAW_FNS
+
+#ifdef FB_X86_PATHS
+#define FB_ISA_CALL(name, ...)                     \
+  if constexpr (kIsa == kAvx512) {                 \
+    name##_avx512<kUniform>(__VA_ARGS__);          \
+  } else if constexpr (kIsa == kAvx2) {            \
+    name##_avx2<kUniform>(__VA_ARGS__);            \
+  } else {                                         \
+    name##_base<kUniform>(__VA_ARGS__);            \
+  }
+#else
+#define FB_ISA_CALL(name, ...) name##_base<kUniform>(__VA_ARGS__);
+#endif
+
+// n <= kLanes draws into d (draw_block), through the ISA's one copy
+template <int kIsa, bool kUniform>
+FB_AI void draws(int n, uint64_t seed, uint64_t ctr0, const Lanes<float, kUniform>& P, float a, float b, DrawBlock& d) {
+  FB_ISA_CALL(draws, n, seed, ctr0, P, a, b, d)
+}
+
+// their gradient factors (grad_block_any), through the ISA's one copy
+template <int kIsa, bool kUniform>
+FB_AI void factors(int n, const Lanes<float, kUniform>& P, const DrawBlock& d, float* gm, float* gs) {
+  FB_ISA_CALL(factors, n, P, d, gm, gs)
+}
+#undef FB_ISA_CALL
+
 // ---------------------------------------------------------------------------------------------------------
 // Element conversions (float <-> storage), written so the loops vectorise.
 
@@ -318,6 +376,7 @@ struct FwdArgs {
   Shape sh;
   bool per_sample;
   const float* th;
+  float *sth, *sgm, *sgs;  // "element": where to leave θ (0 where masked), ∂x_s/∂μ, σ·∂x_s/∂σ per element, or null
 };
 
 // Fixed partition of `items` work items into chunks (a function of the shape only).
@@ -335,6 +394,7 @@ struct BwdArgs {
   Shape sh;
   bool per_sample;
   const float *th, *fm, *fs;
+  const float *sth, *sgm, *sgs;  // "element": the forward's saved per-element θ and factors, or null (draw again)
   double* acc;  // [chunks][2][C]
   Chunks ch;
 };
@@ -353,11 +413,11 @@ FB_AI void table_range(const TableArgs& A, int64_t lo, int64_t hi) {
     const int64_t row = blk / bpr, c0 = (blk % bpr) * kLanes;
     const int n = static_cast<int>(std::min<int64_t>(kLanes, C - c0));
     const auto P = lanes_at<float, false>(U, c0);
-    draw_block<kIsa, false>(n, A.D.seed, A.D.offset + static_cast<uint64_t>(row * C + c0), P, A.D.a, A.D.b, d);
+    draws<kIsa, false>(n, A.D.seed, A.D.offset + static_cast<uint64_t>(row * C + c0), P, A.D.a, A.D.b, d);
     const uint8_t* keep = U.keep.data() + c0;
     float* t = A.th + row * C + c0;
     if (kBackward) {
-      grad_block_any<kIsa, false>(n, P, d, gm, gs);
+      factors<kIsa, false>(n, P, d, gm, gs);
       float* m = A.fm + row * C + c0;
       float* s = A.fs + row * C + c0;
       for (int i = 0; i < n; ++i) {
@@ -411,17 +471,24 @@ FB_AI void element_fwd_range(const FwdArgs<X>& A, int64_t lo, int64_t hi) {
   const X* __restrict x = A.x;
   X* __restrict y = A.y;
   DrawBlock d;
+  alignas(64) float gm[kLanes], gs[kLanes];
   if (S == 1) {
     const int64_t bpr = (C + kLanes - 1) / kLanes;
     for (int64_t blk = lo; blk < hi; ++blk) {
       const int64_t row = blk / bpr, c0 = (blk % bpr) * kLanes;
       const int n = static_cast<int>(std::min<int64_t>(kLanes, C - c0));
       const int64_t e0 = row * C + c0;
-      draw_block<kIsa, false>(n, A.D.seed, A.D.offset + static_cast<uint64_t>(e0), lanes_at<float, false>(U, c0), A.D.a,
-                        A.D.b, d);
+      const auto PL = lanes_at<float, false>(U, c0);
+      draws<kIsa, false>(n, A.D.seed, A.D.offset + static_cast<uint64_t>(e0), PL, A.D.a, A.D.b, d);
       const uint8_t* keep = U.keep.data() + c0;
 #pragma omp simd
       for (int i = 0; i < n; ++i) y[e0 + i] = from_f<X>(to_f(x[e0 + i]) * fsel(keep[i] != 0, d.th[i], 0.0f));
+      if (A.sth) {  // grad_block writes whole vector groups: into the block's arrays, then n of them out
+        factors<kIsa, false>(n, PL, d, gm, gs);
+        for (int i = 0; i < n; ++i) A.sth[e0 + i] = fsel(keep[i] != 0, d.th[i], 0.0f);
+        std::copy(gm, gm + n, A.sgm + e0);
+        std::copy(gs, gs + n, A.sgs + e0);
+      }
     }
     return;
   }
@@ -436,9 +503,16 @@ FB_AI void element_fwd_range(const FwdArgs<X>& A, int64_t lo, int64_t hi) {
     const auto P = lanes_at<float, true>(U, c);
     for (int64_t s0 = 0; s0 < S; s0 += kLanes) {
       const int n = static_cast<int>(std::min<int64_t>(kLanes, S - s0));
-      draw_block<kIsa, true>(n, A.D.seed, A.D.offset + static_cast<uint64_t>(seg * S + s0), P, A.D.a, A.D.b, d);
+      draws<kIsa, true>(n, A.D.seed, A.D.offset + static_cast<uint64_t>(seg * S + s0), P, A.D.a, A.D.b, d);
 #pragma omp simd
       for (int i = 0; i < n; ++i) ys[s0 + i] = from_f<X>(to_f(xs[s0 + i]) * d.th[i]);
+      if (A.sth) {
+        const int64_t e0 = seg * S + s0;
+        factors<kIsa, true>(n, P, d, gm, gs);
+        std::copy(d.th, d.th + n, A.sth + e0);
+        std::copy(gm, gm + n, A.sgm + e0);
+        std::copy(gs, gs + n, A.sgs + e0);
+      }
     }
   }
 }
@@ -511,20 +585,29 @@ FB_AI void backward_range(const BwdArgs<X, G>& A, int64_t klo, int64_t khi) {
         X* dr = dx + row * C;
         for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
           const int n = static_cast<int>(std::min<int64_t>(kLanes, C - c0));
-          const auto PL = lanes_at<float, false>(U, c0);
-          draw_block<kIsa, false>(n, A.D.seed, A.D.offset + static_cast<uint64_t>(row * C + c0), PL, A.D.a, A.D.b, d);
-          grad_block_any<kIsa, false>(n, PL, d, gm, gs);
+          // the forward's saved draws when it left them (same values, so the same bits), else draw again
+          const float *th = d.th, *fm = gm, *fs = gs;
+          if (A.sth) {
+            th = A.sth + row * C + c0;
+            fm = A.sgm + row * C + c0;
+            fs = A.sgs + row * C + c0;
+          } else {
+            const auto PL = lanes_at<float, false>(U, c0);
+            draws<kIsa, false>(n, A.D.seed, A.D.offset + static_cast<uint64_t>(row * C + c0), PL, A.D.a, A.D.b,
+                                    d);
+            factors<kIsa, false>(n, PL, d, gm, gs);
+          }
           const uint8_t* kp = keep + c0;
           double* __restrict bm = am + c0;
           double* __restrict bs = as + c0;
 #pragma omp simd
           for (int i = 0; i < n; ++i) {
             const float gv = to_f(gr[c0 + i]);
-            const float t = fsel(kp[i] != 0, d.th[i], 0.0f);
+            const float t = fsel(kp[i] != 0, th[i], 0.0f);
             const float gxt = gv * to_f(xr[c0 + i]) * t;
             dr[c0 + i] = from_f<X>(gv * t);
-            bm[i] += static_cast<double>(gxt * gm[i]);
-            bs[i] += static_cast<double>(gxt * gs[i]);
+            bm[i] += static_cast<double>(gxt * fm[i]);
+            bs[i] += static_cast<double>(gxt * fs[i]);
           }
         }
       }
@@ -558,15 +641,23 @@ FB_AI void backward_range(const BwdArgs<X, G>& A, int64_t klo, int64_t khi) {
         double sm = 0.0, ss = 0.0;
         for (int64_t s0 = 0; s0 < S; s0 += kLanes) {
           const int n = static_cast<int>(std::min<int64_t>(kLanes, S - s0));
-          draw_block<kIsa, true>(n, A.D.seed, A.D.offset + static_cast<uint64_t>(seg * S + s0), PL, A.D.a, A.D.b, d);
-          grad_block_any<kIsa, true>(n, PL, d, gm, gs);
+          const float *th = d.th, *fm = gm, *fs = gs;
+          if (A.sth) {
+            th = A.sth + seg * S + s0;
+            fm = A.sgm + seg * S + s0;
+            fs = A.sgs + seg * S + s0;
+          } else {
+            draws<kIsa, true>(n, A.D.seed, A.D.offset + static_cast<uint64_t>(seg * S + s0), PL, A.D.a, A.D.b,
+                                   d);
+            factors<kIsa, true>(n, PL, d, gm, gs);
+          }
 #pragma omp simd reduction(+ : sm, ss)
           for (int i = 0; i < n; ++i) {
             const float gv = to_f(gq[s0 + i]);
-            const float gxt = gv * to_f(xq[s0 + i]) * d.th[i];
-            dq[s0 + i] = from_f<X>(gv * d.th[i]);
-            sm += static_cast<double>(gxt * gm[i]);
-            ss += static_cast<double>(gxt * gs[i]);
+            const float gxt = gv * to_f(xq[s0 + i]) * th[i];
+            dq[s0 + i] = from_f<X>(gv * th[i]);
+            sm += static_cast<double>(gxt * fm[i]);
+            ss += static_cast<double>(gxt * fs[i]);
           }
         }
         am[c] += sm;
@@ -694,21 +785,57 @@ std::shared_ptr<const ThetaTables> theta_tables(const UnitTable<float>& U, const
   return t;
 }
 
+// "element" draws left by a forward that will be differentiated (forward_will_backward(): the C++ autograd nodes
+// say so) for its backward on this thread: per element θ (0 where masked) and the factors ∂x_s/∂μ, σ·∂x_s/∂σ,
+// 12 bytes.  The backward then streams instead of drawing again (Philox, log, quantile, exp and the factors' two
+// exps: ~2/3 of its work).  Only for activations up to kSaveMaxElems, which stay in the caches between forward and
+// backward; past that, reading 12 bytes back from memory costs about what drawing again does, and the memory would
+// grow with the model.  The backward takes its tables out of the cache (used once); a forward whose backward never
+// comes leaves them until newer ones evict them (byte budget below).
+struct ElementTables {
+  explicit ElementTables(int64_t n) : buf(new float[3 * n]), th(buf.get()), gm(th + n), gs(gm + n) {}
+  std::unique_ptr<float[]> buf;  // uninitialised: the forward writes every element it draws
+  float *th, *gm, *gs;
+};
+
+constexpr int64_t kSaveMaxElems = int64_t{1} << 19;
+
+cpu::ContentCache<ElementTables>& element_cache() {
+  thread_local cpu::ContentCache<ElementTables> cache(32, size_t{24} << 20);
+  return cache;
+}
+
+std::vector<char> element_key(const UnitTable<float>& U, const Draw& D, const Shape& sh) {
+  cpu::KeyBuilder kb;
+  kb.add(U.key.data(), U.key.size()).value(D.seed).value(D.offset).value(D.a).value(D.b);
+  kb.value(sh.R).value(sh.P).value(sh.C).value(sh.S);
+  return kb.take();
+}
+
 template <typename X>
 void float_forward(const X* x, X* y, const UnitTable<float>& U, const Draw& D, const Shape& sh, Granularity gran) {
   const int64_t C = sh.C, S = sh.S;
   if (gran == Granularity::kElement) {
-    const FwdArgs<X> a{x, y, &U, D, sh, false, nullptr};
+    FwdArgs<X> a{x, y, &U, D, sh, false, nullptr, nullptr, nullptr, nullptr};
+    const int64_t n = sh.R * C * S;
+    std::shared_ptr<ElementTables> saved;
+    if (forward_will_backward() && n <= kSaveMaxElems) {
+      saved = std::make_shared<ElementTables>(n);
+      a.sth = saved->th;
+      a.sgm = saved->gm;
+      a.sgs = saved->gs;
+    }
     if (S == 1) {
       run_range(sh.R * ((C + kLanes - 1) / kLanes), 4096 / kLanes, FB_PICK(element, X), a);
     } else {
       run_range(sh.R * C, 4096 / S, FB_PICK(element, X), a);
     }
+    if (saved) element_cache().put(element_key(U, D, sh), saved, static_cast<size_t>(3 * n) * sizeof(float));
     return;
   }
   const bool per_sample = gran == Granularity::kSample;
   const auto tab = theta_tables(U, D, per_sample ? sh.R / sh.P : 1);
-  const FwdArgs<X> a{x, y, &U, D, sh, per_sample, tab->th.data()};
+  const FwdArgs<X> a{x, y, &U, D, sh, per_sample, tab->th.data(), nullptr, nullptr, nullptr};
   if (S == 1) {
     run_range(sh.R, kGrainElems / C, FB_PICK(scale, X), a);
   } else {
@@ -720,8 +847,15 @@ template <typename X, typename G>
 void float_backward(const G* g, const X* x, X* dx, const UnitTable<float>& U, const Draw& D, const Shape& sh,
                     Granularity gran, double* acc, const Chunks& ch) {
   const int64_t C = sh.C;
-  BwdArgs<X, G> a{g, x, dx, &U, D, sh, gran == Granularity::kSample, nullptr, nullptr, nullptr, acc, ch};
+  BwdArgs<X, G> a{g,       x,       dx,      &U,      D,       sh,  gran == Granularity::kSample,
+                  nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, acc, ch};
   if (gran == Granularity::kElement) {
+    const auto saved = element_cache().take(element_key(U, D, sh));
+    if (saved) {
+      a.sth = saved->th;
+      a.sgm = saved->gm;
+      a.sgs = saved->gs;
+    }
     run_range(ch.count, 1, FB_PICK(backward, X, G, true), a);
     return;
   }
