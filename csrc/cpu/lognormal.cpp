@@ -517,6 +517,21 @@ FB_AI void element_fwd_range(const FwdArgs<X>& A, int64_t lo, int64_t hi) {
   }
 }
 
+// The backward's n draws from element e0 on, with their gradient factors: the forward's saved ones when it left
+// them (the same values, so the same bits), else drawn again into d, gm, gs.
+struct BlockDraws {
+  const float *th, *fm, *fs;
+};
+
+template <int kIsa, bool kUniform, typename X, typename G>
+FB_AI BlockDraws block_draws(const BwdArgs<X, G>& A, int n, int64_t e0, const Lanes<float, kUniform>& P,
+                             DrawBlock& d, float* gm, float* gs) {
+  if (A.sth) return {A.sth + e0, A.sgm + e0, A.sgs + e0};
+  draws<kIsa, kUniform>(n, A.D.seed, A.D.offset + static_cast<uint64_t>(e0), P, A.D.a, A.D.b, d);
+  factors<kIsa, kUniform>(n, P, d, gm, gs);
+  return {d.th, gm, gs};
+}
+
 // Backward over chunks [klo, khi): dx = g·θ, and per-unit sums of g·x·θ·∂x_s/∂μ and g·x·θ·σ·∂x_s/∂σ into the
 // chunk's double accumulators.  "batch"/"sample" (kElement false) read θ, fm, fs from the table, so an element
 // costs dx = g·θ and a double Σ g·x.
@@ -585,18 +600,7 @@ FB_AI void backward_range(const BwdArgs<X, G>& A, int64_t klo, int64_t khi) {
         X* dr = dx + row * C;
         for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
           const int n = static_cast<int>(std::min<int64_t>(kLanes, C - c0));
-          // the forward's saved draws when it left them (same values, so the same bits), else draw again
-          const float *th = d.th, *fm = gm, *fs = gs;
-          if (A.sth) {
-            th = A.sth + row * C + c0;
-            fm = A.sgm + row * C + c0;
-            fs = A.sgs + row * C + c0;
-          } else {
-            const auto PL = lanes_at<float, false>(U, c0);
-            draws<kIsa, false>(n, A.D.seed, A.D.offset + static_cast<uint64_t>(row * C + c0), PL, A.D.a, A.D.b,
-                                    d);
-            factors<kIsa, false>(n, PL, d, gm, gs);
-          }
+          const auto [th, fm, fs] = block_draws<kIsa>(A, n, row * C + c0, lanes_at<float, false>(U, c0), d, gm, gs);
           const uint8_t* kp = keep + c0;
           double* __restrict bm = am + c0;
           double* __restrict bs = as + c0;
@@ -641,16 +645,7 @@ FB_AI void backward_range(const BwdArgs<X, G>& A, int64_t klo, int64_t khi) {
         double sm = 0.0, ss = 0.0;
         for (int64_t s0 = 0; s0 < S; s0 += kLanes) {
           const int n = static_cast<int>(std::min<int64_t>(kLanes, S - s0));
-          const float *th = d.th, *fm = gm, *fs = gs;
-          if (A.sth) {
-            th = A.sth + seg * S + s0;
-            fm = A.sgm + seg * S + s0;
-            fs = A.sgs + seg * S + s0;
-          } else {
-            draws<kIsa, true>(n, A.D.seed, A.D.offset + static_cast<uint64_t>(seg * S + s0), PL, A.D.a, A.D.b,
-                                   d);
-            factors<kIsa, true>(n, PL, d, gm, gs);
-          }
+          const auto [th, fm, fs] = block_draws<kIsa>(A, n, seg * S + s0, PL, d, gm, gs);
 #pragma omp simd reduction(+ : sm, ss)
           for (int i = 0; i < n; ++i) {
             const float gv = to_f(gq[s0 + i]);
