@@ -32,6 +32,10 @@ def overhead_plot(data, path):
         ax.bar(xs, vals, width, label=p)
     ax.axhline(1.10, color="#c0392b", ls="--", lw=1, label="goal 1.10×")
     ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter
+    ratio = FuncFormatter(lambda v, _: f"{v:.2f}×")   # not 1.25×10⁰ (a range under a decade labels minor ticks)
+    ax.yaxis.set_major_formatter(ratio)
+    ax.yaxis.set_minor_formatter(ratio)
     ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(labels))], labels, fontsize=7, rotation=15)
     ax.set_ylabel("step time / plain step")
     ax.set_title("training-step overhead of gates (same model and batch, one run)")
