@@ -153,9 +153,10 @@ def _providers(name, gran):
     torch.manual_seed(0)
     gated = plain_ctor()
     fb.add_gates(gated, granularity=gran)
-    scale = 1.0 if reduction == "mean" else 1.0 / N_TRAIN
-    steps = {"plain": _step_fn(plain, x, y, None),
-             "fastbayes": _step_fn(gated, x, y, lambda: fb.kl_loss(gated, reduction) * scale)}
+    # BMRS's weighting adds the KL as it is; the ELBO's scales it by 1/N (no multiply by 1.0: a user would not either)
+    kl = (lambda: fb.kl_loss(gated, reduction)) if reduction == "mean" else \
+        (lambda: fb.kl_loss(gated, reduction) / N_TRAIN)
+    steps = {"plain": _step_fn(plain, x, y, None), "fastbayes": _step_fn(gated, x, y, kl)}
     if peer_ctor is not None and gran == "batch":
         torch.manual_seed(0)
         floor = plain_ctor()
