@@ -6,7 +6,11 @@
 
 namespace fastbayes {
 
-bool& forward_will_backward();  // the thread's flag (defined in csrc/cpu/lognormal.cpp)
+// the thread's flag: an inline function's thread_local, one object across the extension's translation units
+inline bool& forward_will_backward() {
+  thread_local bool on = false;
+  return on;
+}
 
 class ForwardWillBackward {
  public:

@@ -40,25 +40,20 @@ class ContentCache {
   ContentCache(size_t max_entries, size_t max_bytes) : max_entries_(max_entries), max_bytes_(max_bytes) {}
 
   std::shared_ptr<const V> find(const std::vector<char>& key) {
-    for (size_t i = 0; i < entries_.size(); ++i) {
-      if (entries_[i].key == key) {
-        if (i) std::swap(entries_[i], entries_[i - 1]);  // move toward the front: cheap LRU approximation
-        return entries_[i ? i - 1 : 0].value;
-      }
-    }
-    return nullptr;
+    const size_t i = index(key);
+    if (i == kNone) return nullptr;
+    if (i == 0) return entries_[0].value;
+    std::swap(entries_[i], entries_[i - 1]);  // move toward the front: cheap LRU approximation
+    return entries_[i - 1].value;
   }
 
   // find, then drop the entry: for values that one consumer uses once (lognormal's per-element draw tables)
   std::shared_ptr<const V> take(const std::vector<char>& key) {
-    for (size_t i = 0; i < entries_.size(); ++i) {
-      if (entries_[i].key == key) {
-        std::shared_ptr<const V> v = std::move(entries_[i].value);
-        entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(i));
-        return v;
-      }
-    }
-    return nullptr;
+    const size_t i = index(key);
+    if (i == kNone) return nullptr;
+    std::shared_ptr<const V> v = std::move(entries_[i].value);
+    entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(i));
+    return v;
   }
 
   void put(std::vector<char> key, std::shared_ptr<const V> value, size_t bytes) {
@@ -73,6 +68,15 @@ class ContentCache {
   }
 
  private:
+  static constexpr size_t kNone = ~size_t{0};
+
+  size_t index(const std::vector<char>& key) const {
+    for (size_t i = 0; i < entries_.size(); ++i) {
+      if (entries_[i].key == key) return i;
+    }
+    return kNone;
+  }
+
   struct Entry {
     std::vector<char> key;
     std::shared_ptr<const V> value;

@@ -40,12 +40,6 @@
 #include "vec_math.h"
 
 namespace fastbayes {
-
-bool& forward_will_backward() {
-  thread_local bool on = false;
-  return on;
-}
-
 namespace {
 
 #define FB_AI inline __attribute__((always_inline))
