@@ -38,6 +38,7 @@
 #include "content_cache.h"
 #include "philox_simd.h"
 #include "vec_math.h"
+#include "vec_f64.h"
 
 namespace fastbayes {
 namespace {
@@ -969,7 +970,113 @@ Checked check_args(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& 
   return {sh, g};
 }
 
-// The prologue: float64 per unit, rounded to T; parallel because log_ndtr costs ~100 ns and C can be 10^4.
+// A unit whose draws can reach the upper tail (kUpper), from its rounded β': p = Φ(β')·w > 0.925 needs
+// β' > 1.4395; the margin covers the float rounding of β'.
+template <typename T>
+FB_AI bool reaches_upper(T be) {
+  return static_cast<double>(be) > 1.4;
+}
+
+// Stores unit c of the table: the rounded lognormal_unit values, Φ(β') (float exp), the flags, and Φ(-β') (`phibc`,
+// which the caller computes only where reaches_upper).
+template <typename T>
+FB_AI void put_unit(UnitTable<T>& u, int64_t c, const LognormalUnit<T>& p, double phibc) {
+  u.mu[c] = p.mu;
+  u.sigma[c] = p.sigma;
+  u.sgs[c] = p.sigma * p.s;
+  u.al[c] = p.al;
+  u.be[c] = p.be;
+  u.lf[c] = p.log_far;
+  u.r[c] = p.r;
+  u.s[c] = p.s;
+  const double far = static_cast<double>(p.log_far);
+  u.phib[c] = std::exp(static_cast<float>(far));  // float exp: Φ(β') is only used in float
+  uint8_t f = 0;
+  if (reaches_upper(p.be)) f |= kUpper;
+  u.phibc[c] = (f & kUpper) ? static_cast<float>(phibc) : 0.0f;
+  if (!(far > -580.0)) f |= kAsym;  // log p >= L + log FLT_MIN = L - 87.3 stays above -676 otherwise
+  if (p.be < -static_cast<T>(kLognormalFarTail)) f |= kFar;
+  u.flags[c] = f;
+}
+
+// lognormal_unit<float> for kWidth<D> units at once, as put_unit stores them: the same forms and branches in float64
+// vectors (vec_f64.h; SLEEF's exp/log/erfc for glibc's, so a value may differ from the scalar path's in its last
+// float64 bit, rarely in its float one).  Lanes past `n` compute a harmless unit and are not stored.
+template <class D>
+FB_AI void unit_group(const double* mp, const double* lp, int n, double a, double b, UnitTable<float>& u,
+                      int64_t c0) {
+  namespace v = cpu::vec64;
+  using S = v::Sleef<D>;
+  D mu{}, ls{};
+  for (int i = 0; i < n; ++i) {
+    mu[i] = mp[i];
+    ls[i] = lp[i];
+  }
+  const D sigma = S::exp(ls);
+  const D al = (a - mu) / sigma, be = (b - mu) / sigma;
+  const v::Mask<D> mirror = (al + be) > 0.0;
+  const D al_c = v::sel<D>(mirror, -be, al), be_c = v::sel<D>(mirror, -al, be);
+  const D far = v::log_ndtr<D>(be_c);
+  // r = Φ(α')/Φ(β') underflows in float: lognormal_unit's Mills bound, its log only where the cheap bound fails
+  constexpr double underflow = -110.0;
+  const D q = -0.5 * al_c * al_c - kHalfLog2Pi - far;
+  v::Mask<D> under = (al_c < -1.0) & (q < underflow);
+  const v::Mask<D> try_log = (al_c < -1.0) & ~under;
+  if (v::any<D>(try_log)) {
+    const D q2 = -0.5 * al_c * al_c - S::log(v::sel<D>(try_log, -al_c, v::splat<D>(1.0))) - kHalfLog2Pi - far;
+    under |= try_log & (q2 < underflow);
+  }
+  D r{};
+  if (v::any<D>(~under)) r = v::sel<D>(under, v::splat<D>(0.0), S::exp(v::log_ndtr<D>(al_c) - far));
+  // Φ(-β') where a unit reaches the upper tail
+  D upper{};
+  bool any_upper = false;
+  for (int i = 0; i < n; ++i) any_upper |= reaches_upper(static_cast<float>(be_c[i]));
+  if (any_upper) upper = S::exp(v::log_ndtr<D>(-be_c));
+  for (int i = 0; i < n; ++i) {
+    const LognormalUnit<float> p{static_cast<float>(mu[i]), static_cast<float>(sigma[i]),
+                                 static_cast<float>(al_c[i]), static_cast<float>(be_c[i]),
+                                 static_cast<float>(far[i]), static_cast<float>(r[i]), mirror[i] ? -1.0f : 1.0f};
+    put_unit(u, c0 + i, p, upper[i]);
+  }
+}
+
+using UnitRangeFn = void (*)(const double*, const double*, double, double, UnitTable<float>&, int64_t, int64_t);
+
+template <class D>
+FB_AI void unit_range(const double* mp, const double* lp, double a, double b, UnitTable<float>& u, int64_t lo,
+                      int64_t hi) {
+  constexpr int W = cpu::vec64::kWidth<D>;
+  for (int64_t c = lo; c < hi; c += W)
+    unit_group<D>(mp + c, lp + c, static_cast<int>(std::min<int64_t>(W, hi - c)), a, b, u, c);
+}
+
+#ifdef FB_X86_PATHS
+__attribute__((target(FB_AVX2_TARGET))) void unit_range_avx2(const double* mp, const double* lp, double a, double b,
+                                                             UnitTable<float>& u, int64_t lo, int64_t hi) {
+  unit_range<cpu::vec64::D4>(mp, lp, a, b, u, lo, hi);
+}
+__attribute__((target(FB_AVX512_TARGET))) void unit_range_avx512(const double* mp, const double* lp, double a,
+                                                                 double b, UnitTable<float>& u, int64_t lo,
+                                                                 int64_t hi) {
+  unit_range<cpu::vec64::D8>(mp, lp, a, b, u, lo, hi);
+}
+#endif
+
+// The vector prologue for this CPU, or nullptr (baseline ISA, or a libtorch without the SLEEF symbols).
+UnitRangeFn unit_range_vec() {
+  static const UnitRangeFn fn = []() -> UnitRangeFn {
+#ifdef FB_X86_PATHS
+    if (cpu::best_isa() == cpu::kAvx512 && cpu::vec64::Sleef<cpu::vec64::D8>::available()) return &unit_range_avx512;
+    if (cpu::best_isa() >= cpu::kAvx2 && cpu::vec64::Sleef<cpu::vec64::D4>::available()) return &unit_range_avx2;
+#endif
+    return nullptr;
+  }();
+  return fn;
+}
+
+// The prologue: float64 per unit, rounded to T, in float64 vectors where unit_range_vec has a path for this CPU (the
+// float table), else scalar; parallel because a unit costs 15-150 ns and C can be 10^4.
 template <typename T>
 UnitTable<T> unit_table(const at::Tensor& mu, const at::Tensor& log_sigma, const std::optional<at::Tensor>& mask,
                         double a, double b) {
@@ -1019,31 +1126,18 @@ UnitTable<T> unit_table(const at::Tensor& mu, const at::Tensor& log_sigma, const
     for (int64_t c = 0; c < C; ++c) u.keep[c] = kp[c] ? 1 : 0;
   }
   at::parallel_for(0, C, 256, [&](int64_t lo, int64_t hi) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (const auto vec = unit_range_vec()) return vec(mp, lp, a, b, u, lo, hi);
+    }
     for (int64_t c = lo; c < hi; ++c) {
-      const double l = static_cast<double>(mp[c]), ls = static_cast<double>(lp[c]);
+      const double l = mp[c], ls = lp[c];
       const LognormalUnit<T> p = lognormal_unit<T>(l, ls, a, b);
-      u.mu[c] = p.mu;
-      u.sigma[c] = p.sigma;
-      u.sgs[c] = p.sigma * p.s;
-      u.al[c] = p.al;
-      u.be[c] = p.be;
-      u.lf[c] = p.log_far;
-      u.r[c] = p.r;
-      u.s[c] = p.s;
-      const double far = static_cast<double>(p.log_far);
-      u.phib[c] = std::exp(static_cast<float>(far));  // float exp: Φ(β') is only used in float
-      uint8_t f = 0;
-      // p = Φ(β')·w > 0.925 needs β' > 1.4395; the margin covers the float rounding of β'
-      if (static_cast<double>(p.be) > 1.4) {
-        f |= kUpper;
+      double phibc = 0.0;
+      if (reaches_upper(p.be)) {  // Φ(-β'), β' again in float64 (as lognormal_unit)
         const double sg = std::exp(ls), al = (a - l) / sg, be = (b - l) / sg;
-        u.phibc[c] = static_cast<float>(std::exp(log_ndtr(-((al + be) > 0 ? -al : be))));
-      } else {
-        u.phibc[c] = 0.0f;
+        phibc = std::exp(log_ndtr(-((al + be) > 0 ? -al : be)));
       }
-      if (!(far > -580.0)) f |= kAsym;  // log p >= L + log FLT_MIN = L - 87.3 stays above -676 otherwise
-      if (p.be < -static_cast<T>(kLognormalFarTail)) f |= kFar;
-      u.flags[c] = f;
+      put_unit(u, c, p, phibc);
     }
   });
   u.block_flags.assign((C + kLanes - 1) / kLanes, 0);
