@@ -9,6 +9,9 @@ steps round-robin (plain, fastbayes, plain, fastbayes, ...), so that the machine
   fastbayes' own sites and hooks with each gate swapped for ``y = x·(μ·s)`` (two parameters per unit, as a
   log-normal gate has) and a two-op penalty per gate — what the per-tensor Adam, the hooks and autograd charge any
   two-parameter gate before it draws anything;
+* ``packed`` ("batch", BMRS configs, compiled backend): fastbayes' own training op and KL node with each gate's μ
+  and log σ as the two rows of one [2, C] parameter: what one optimiser tensor per gate instead of two would buy
+  (DESIGN.md's gates hold ``mu`` and ``log_sigma`` as separate Parameters, so this is a measurement, not an option);
 * ``peer`` ("element" only): a plain-PyTorch per-element noise layer written like the papers' layers (BMRS's
   ``util.reparameterize`` and per-layer mean KL: one uniform per element, clamp γ into [1e-5, 1 - 1e-5], Φ⁻¹ by
   ``erfinv``, KL from ``ndtr``), placed where BMRS places it (after the activation).
@@ -33,6 +36,7 @@ from fastbayes._compat import import_torchvision
 from fastbayes.benchtools import interleaved
 from fastbayes.apps.models import LeNet5BMRS
 from fastbayes.nn.sites import GATE_ATTR
+from fastbayes.reference.gate_stats import LOG_SIGMA_MAX, LOG_SIGMA_MIN
 from models import LeNet5
 
 A, B = -20.0, 0.0
@@ -84,6 +88,28 @@ class FloorGate(nn.Module):
 
     def kl(self):
         return (self.mu * self.log_sigma).mean()
+
+
+class PackedGate(nn.Module):
+    """The ``packed`` provider's gate: ``fastbayes_C::lognormal_gate`` on the rows of one [2, C] parameter."""
+
+    def __init__(self, gate):
+        super().__init__()
+        self.theta = nn.Parameter(torch.stack([gate.mu.detach(), gate.log_sigma.detach()]))
+        self.register_buffer("mask", gate.mask.clone())
+        self.granularity, self.dim = gate.granularity, gate.dim
+
+    def forward(self, x):
+        mu, log_sigma = self.theta.unbind(0)
+        return torch.ops.fastbayes_C.lognormal_gate(x, mu, log_sigma, self.mask, A, B, self.dim % x.dim(),
+                                                    self.granularity, -1, 0, LOG_SIGMA_MIN, LOG_SIGMA_MAX)
+
+    @staticmethod
+    def kl_mean(gates, weights):
+        """BMRS's mean KL over all the gates in one ``fastbayes_C::kl_loss`` node, as ``fb.kl_loss(m, "mean")``."""
+        rows = [g.theta.unbind(0) for g in gates]
+        return torch.ops.fastbayes_C.kl_loss([r[0] for r in rows], [r[1] for r in rows], weights, A, B,
+                                             LOG_SIGMA_MIN, LOG_SIGMA_MAX)
 
 
 class BMRSMLP(nn.Module):
@@ -166,6 +192,16 @@ def _providers(name, gran):
             m._modules[GATE_ATTR] = FloorGate(m._modules[GATE_ATTR].num_features)
         floors = [m._modules[GATE_ATTR] for m in hosts]
         steps["floor"] = _step_fn(floor, x, y, lambda: sum(f.kl() for f in floors) / len(floors))
+        if fb.backends.available()["cpu"]:
+            torch.manual_seed(0)
+            packed = plain_ctor()
+            fb.add_gates(packed, granularity=gran)
+            pgs = []
+            for m in [m for m in packed.modules() if isinstance(getattr(m, GATE_ATTR, None), fb.nn.LogNormalGate)]:
+                m._modules[GATE_ATTR] = PackedGate(m._modules[GATE_ATTR])
+                pgs.append(m._modules[GATE_ATTR])
+            w = torch.cat([torch.full((g.theta.shape[1],), 1.0 / (len(pgs) * g.theta.shape[1])) for g in pgs])
+            steps["packed"] = _step_fn(packed, x, y, lambda: PackedGate.kl_mean(pgs, w))
     if peer_ctor is not None and gran == "element":
         torch.manual_seed(0)
         peer = peer_ctor()
