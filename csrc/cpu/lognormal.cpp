@@ -1005,7 +1005,7 @@ FB_AI void put_unit(UnitTable<T>& u, int64_t c, const LognormalUnit<T>& p, doubl
 template <class D>
 FB_AI void unit_group(const double* mp, const double* lp, int n, double a, double b, UnitTable<float>& u,
                       int64_t c0) {
-  namespace v = cpu::vec64;
+  namespace v = cpu::vec;
   using S = v::Sleef<D>;
   D mu{}, ls{};
   for (int i = 0; i < n; ++i) {
@@ -1046,7 +1046,7 @@ using UnitRangeFn = void (*)(const double*, const double*, double, double, UnitT
 template <class D>
 FB_AI void unit_range(const double* mp, const double* lp, double a, double b, UnitTable<float>& u, int64_t lo,
                       int64_t hi) {
-  constexpr int W = cpu::vec64::kWidth<D>;
+  constexpr int W = cpu::vec::kWidth<D>;
   for (int64_t c = lo; c < hi; c += W)
     unit_group<D>(mp + c, lp + c, static_cast<int>(std::min<int64_t>(W, hi - c)), a, b, u, c);
 }
@@ -1054,12 +1054,12 @@ FB_AI void unit_range(const double* mp, const double* lp, double a, double b, Un
 #ifdef FB_X86_PATHS
 __attribute__((target(FB_AVX2_TARGET))) void unit_range_avx2(const double* mp, const double* lp, double a, double b,
                                                              UnitTable<float>& u, int64_t lo, int64_t hi) {
-  unit_range<cpu::vec64::D4>(mp, lp, a, b, u, lo, hi);
+  unit_range<cpu::vec::D4>(mp, lp, a, b, u, lo, hi);
 }
 __attribute__((target(FB_AVX512_TARGET))) void unit_range_avx512(const double* mp, const double* lp, double a,
                                                                  double b, UnitTable<float>& u, int64_t lo,
                                                                  int64_t hi) {
-  unit_range<cpu::vec64::D8>(mp, lp, a, b, u, lo, hi);
+  unit_range<cpu::vec::D8>(mp, lp, a, b, u, lo, hi);
 }
 #endif
 
@@ -1067,8 +1067,8 @@ __attribute__((target(FB_AVX512_TARGET))) void unit_range_avx512(const double* m
 UnitRangeFn unit_range_vec() {
   static const UnitRangeFn fn = []() -> UnitRangeFn {
 #ifdef FB_X86_PATHS
-    if (cpu::best_isa() == cpu::kAvx512 && cpu::vec64::Sleef<cpu::vec64::D8>::available()) return &unit_range_avx512;
-    if (cpu::best_isa() >= cpu::kAvx2 && cpu::vec64::Sleef<cpu::vec64::D4>::available()) return &unit_range_avx2;
+    if (cpu::best_isa() == cpu::kAvx512 && cpu::vec::Sleef<cpu::vec::D8>::available()) return &unit_range_avx512;
+    if (cpu::best_isa() >= cpu::kAvx2 && cpu::vec::Sleef<cpu::vec::D4>::available()) return &unit_range_avx2;
 #endif
     return nullptr;
   }();

@@ -12,6 +12,7 @@
 
 #include "fastbayes/math.h"
 #include "isa.h"
+#include "vec_math.h"
 
 #ifdef FB_X86_PATHS
 #pragma GCC diagnostic push
@@ -29,16 +30,10 @@ __m512d Sleef_erfcd8_u15avx512f(__m512d) __attribute__((weak));
 #pragma GCC diagnostic pop
 #endif
 
-namespace fastbayes::cpu::vec64 {
-
-#define FB_V64 inline __attribute__((always_inline))
+namespace fastbayes::cpu::vec {
 
 typedef double D4 __attribute__((vector_size(32)));
 typedef double D8 __attribute__((vector_size(64)));
-template <class D>
-using Mask = decltype(D{} < D{});  // int64 lanes, -1 where true
-template <class D>
-constexpr int kWidth = static_cast<int>(sizeof(D) / sizeof(double));
 
 // The SLEEF functions of one width (x86-64 only).  Call only from a function compiled for that ISA (FB_AVX2_TARGET /
 // FB_AVX512_TARGET), after available().
@@ -47,20 +42,20 @@ struct Sleef;
 #ifdef FB_X86_PATHS
 template <>
 struct Sleef<D4> {
-  static FB_V64 D4 exp(D4 x) { return Sleef_expd4_u10avx2(x); }
-  static FB_V64 D4 log(D4 x) { return Sleef_logd4_u10avx2(x); }
-  static FB_V64 D4 log1p(D4 x) { return Sleef_log1pd4_u10avx2(x); }
-  static FB_V64 D4 erfc(D4 x) { return Sleef_erfcd4_u15avx2(x); }
+  static FB_VAI D4 exp(D4 x) { return Sleef_expd4_u10avx2(x); }
+  static FB_VAI D4 log(D4 x) { return Sleef_logd4_u10avx2(x); }
+  static FB_VAI D4 log1p(D4 x) { return Sleef_log1pd4_u10avx2(x); }
+  static FB_VAI D4 erfc(D4 x) { return Sleef_erfcd4_u15avx2(x); }
   static bool available() {
     return Sleef_expd4_u10avx2 && Sleef_logd4_u10avx2 && Sleef_log1pd4_u10avx2 && Sleef_erfcd4_u15avx2;
   }
 };
 template <>
 struct Sleef<D8> {
-  static FB_V64 D8 exp(D8 x) { return Sleef_expd8_u10avx512f(x); }
-  static FB_V64 D8 log(D8 x) { return Sleef_logd8_u10avx512f(x); }
-  static FB_V64 D8 log1p(D8 x) { return Sleef_log1pd8_u10avx512f(x); }
-  static FB_V64 D8 erfc(D8 x) { return Sleef_erfcd8_u15avx512f(x); }
+  static FB_VAI D8 exp(D8 x) { return Sleef_expd8_u10avx512f(x); }
+  static FB_VAI D8 log(D8 x) { return Sleef_logd8_u10avx512f(x); }
+  static FB_VAI D8 log1p(D8 x) { return Sleef_log1pd8_u10avx512f(x); }
+  static FB_VAI D8 erfc(D8 x) { return Sleef_erfcd8_u15avx512f(x); }
   static bool available() {
     return Sleef_expd8_u10avx512f && Sleef_logd8_u10avx512f && Sleef_log1pd8_u10avx512f &&
            Sleef_erfcd8_u15avx512f;
@@ -68,29 +63,9 @@ struct Sleef<D8> {
 };
 #endif
 
-template <class D>
-FB_V64 D splat(double c) {
-  return D{} + c;
-}
-template <class D>
-FB_V64 D load(const double* p) {
-  D v;
-  std::memcpy(&v, p, sizeof(D));
-  return v;
-}
-template <class D>
-FB_V64 D sel(Mask<D> m, D a, D b) {
-  return m ? a : b;
-}
-template <class D>
-FB_V64 bool any(Mask<D> m) {
-  for (int i = 0; i < kWidth<D>; ++i)
-    if (m[i]) return true;
-  return false;
-}
 // a·b + c with one rounding, as ::fma (the compiler has FMA in the functions these land in)
 template <class D>
-FB_V64 D fma(D a, D b, D c) {
+FB_VAI D fma(D a, D b, D c) {
   D r;
   for (int i = 0; i < kWidth<D>; ++i) r[i] = __builtin_fma(a[i], b[i], c[i]);
   return r;
@@ -100,7 +75,7 @@ FB_V64 D fma(D a, D b, D c) {
 // rounding of u²) under u = 5, Laplace's continued fraction, 20 levels, from 5 on), log1p(-erfc(t)/2) above;
 // t = x/√2.  Only the branches some lane takes are evaluated.
 template <class D>
-FB_V64 D log_ndtr(D x) {
+FB_VAI D log_ndtr(D x) {
   using S = Sleef<D>;
   const D t = x * kSqrtHalf;
   const Mask<D> lower = x < -1.0;
@@ -123,4 +98,4 @@ FB_V64 D log_ndtr(D x) {
   return out;
 }
 
-}  // namespace fastbayes::cpu::vec64
+}  // namespace fastbayes::cpu::vec

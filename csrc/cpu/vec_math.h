@@ -9,6 +9,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "fastbayes/ndtri_f32.h"
 
@@ -22,22 +23,25 @@ typedef float F8 __attribute__((vector_size(32)));
 typedef float F16 __attribute__((vector_size(64)));
 
 template <class F>
-using Mask = decltype(F{} < F{});  // int32 lanes, -1 where true
+using Mask = decltype(F{} < F{});  // integer lanes of the same width, -1 where true
+// the lane type: float for the draws, double for the per-unit prologue (vec_f64.h)
 template <class F>
-constexpr int kWidth = static_cast<int>(sizeof(F) / sizeof(float));
+using Lane = std::remove_cv_t<std::remove_reference_t<decltype(F{}[0])>>;
+template <class F>
+constexpr int kWidth = static_cast<int>(sizeof(F) / sizeof(Lane<F>));
 
 template <class F>
-FB_VAI F splat(float c) {
+FB_VAI F splat(Lane<F> c) {
   return F{} + c;
 }
 template <class F>
-FB_VAI F load(const float* p) {
+FB_VAI F load(const Lane<F>* p) {
   F v;
   std::memcpy(&v, p, sizeof(F));
   return v;
 }
 template <class F>
-FB_VAI void store(float* p, const F& v) {
+FB_VAI void store(Lane<F>* p, const F& v) {
   std::memcpy(p, &v, sizeof(F));
 }
 template <class F>
@@ -66,9 +70,9 @@ FB_VAI F vabs(F x) {
 }
 template <class F>
 FB_VAI bool any(Mask<F> m) {
-  int32_t lanes[kWidth<F>];
+  Lane<Mask<F>> lanes[kWidth<F>];
   std::memcpy(lanes, &m, sizeof(m));
-  int32_t acc = 0;
+  Lane<Mask<F>> acc = 0;
   for (int i = 0; i < kWidth<F>; ++i) acc |= lanes[i];
   return acc != 0;
 }
