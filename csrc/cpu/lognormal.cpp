@@ -1146,7 +1146,7 @@ UnitTable<T> unit_table(const at::Tensor& mu, const at::Tensor& log_sigma, const
 }
 
 // unit_table behind a per-thread content cache (content_cache.h): a training step's backward finds the table of
-// its forward (the prologue costs ~50 ns a unit, as much as the whole pass over a small activation).
+// its forward (the prologue costs tens of ns a unit, as much as the whole pass over a small activation).
 template <typename T>
 std::shared_ptr<const UnitTable<T>> unit_table_cached(const at::Tensor& mu_in, const at::Tensor& log_sigma_in,
                                                       const std::optional<at::Tensor>& mask, double a, double b) {
