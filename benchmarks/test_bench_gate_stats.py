@@ -2,8 +2,10 @@
 
 Providers: ``reference-loop`` (eager reference per layer, autograd — how per-layer noise modules compute their KL),
 ``reference`` (eager reference on the flat vector), ``reference+compile`` (torch.compile of that), ``cpu`` (the fused
-op, forward + fused backward).  Goal: >= 10x over the per-layer loop and faster than torch.compile; for ``cpu``
-<= 50 ns per unit (fwd+bwd, 2 threads), reported as ``extra_info["ns_per_unit"]`` (median round / units).
+op, forward + fused backward) and ``kl_loss`` (``fb.kl_loss`` over 53 gates holding those parameters, forward +
+backward: what a training step calls, the KL and its gradient in one evaluation per unit).  Goal: >= 10x over the
+per-layer loop and faster than torch.compile; for ``cpu`` <= 50 ns per unit (fwd+bwd, 2 threads), reported as
+``extra_info["ns_per_unit"]`` (median round / units).
 
 Three parameter spreads: ``spread`` (μ uniform in [-10, 0], log σ in [-5, -1]: mostly deep inside [a, b]),
 ``around_b`` (μ ~ N(0, 1), log σ ~ N(-3, 1): the gates near their init μ = b = 0, half of them beyond b, where the
@@ -15,6 +17,7 @@ import pytest
 import torch
 
 import fastbayes as fb
+from fastbayes.nn.sites import GATE_ATTR
 from fastbayes.reference.gate_stats import gate_stats as ref_gate_stats
 
 # output channels of torchvision's resnet50 convolutions, in order (53 layers, 26,560 units)
@@ -38,7 +41,7 @@ def _ref_flat(mu, ls):
     return ref_gate_stats(mu, ls)[0].sum()
 
 
-PROVIDERS = ["reference-loop", "reference", "reference+compile", "cpu", "triton", "cuda"]
+PROVIDERS = ["reference-loop", "reference", "reference+compile", "cpu", "kl_loss", "triton", "cuda"]
 assert sum(WIDTHS) == 26560
 
 
@@ -62,6 +65,18 @@ def test_gate_stats_fwd_bwd(benchmark, provider, spread):
     elif provider == "reference":
         def fn():
             _ref_flat(mu, ls).backward()
+    elif provider == "kl_loss":
+        hosts = torch.nn.ModuleList()
+        for m, l in layers:
+            host, gate = torch.nn.Module(), fb.nn.LogNormalGate(m.numel())
+            with torch.no_grad():
+                gate.mu.copy_(m)
+                gate.log_sigma.copy_(l)
+            host.add_module(GATE_ATTR, gate)
+            hosts.append(host)
+
+        def fn():
+            fb.kl_loss(hosts).backward()
     elif provider == "reference+compile":
         cf = torch.compile(_ref_flat)
 
