@@ -206,7 +206,6 @@ def test_element_saved_draws_bit_identical(isa):
         assert r["saved"] and r["again"] and r["theta"], r
 
 
-
 _PROLOGUE = r"""
 import sys, torch
 from fastbayes import _C

@@ -836,7 +836,6 @@ void float_forward(const X* x, X* y, const UnitTable<float>& U, const Draw& D, c
 template <typename X, typename G>
 void float_backward(const G* g, const X* x, X* dx, const UnitTable<float>& U, const Draw& D, const Shape& sh,
                     Granularity gran, double* acc, const Chunks& ch) {
-  const int64_t C = sh.C;
   BwdArgs<X, G> a{g,       x,       dx,      &U,      D,       sh,  gran == Granularity::kSample,
                   nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, acc, ch};
   if (gran == Granularity::kElement) {

@@ -620,6 +620,29 @@ void advise_huge_pages(const at::Tensor& t) {
 #endif
 }
 
+// The one-pass apply (direct_apply) where it runs (float, n <= 8, AVX-512), from K (`kd`, float64 row by row) and
+// the packed copies the tiled path uses: false, with nothing written, elsewhere.
+template <typename T>
+bool apply_direct(const double* kd, const T* KPt, const T* crt, const ApplyCoef& k, const T* xp, const T* sp, T* op,
+                  int64_t m) {
+#ifdef FB_SVGD_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    const DirectApply fn = direct_apply(k.n);
+    if (!fn) return false;
+    const std::vector<float> Kf(kd, kd + k.n * k.n);  // rounded to float
+    const int64_t full = m / 16 * 16;
+    // column blocks of 4096: a fixed split, so the result does not depend on the thread count
+    at::parallel_for(0, (full + 4095) / 4096, 1, [&](int64_t lo, int64_t hi) {
+      fn(Kf.data(), crt, static_cast<float>(k.inv_n), static_cast<float>(k.c), xp, sp, op, m, lo * 4096,
+         std::min(full, hi * 4096));
+    });
+    if (full < m) apply_cols_scalar<float>(KPt, crt, k, xp, sp, op, m, full, m);
+    return true;
+  }
+#endif
+  return false;
+}
+
 at::Tensor svgd_apply_cpu(const at::Tensor& K_in, const at::Tensor& h_in, const at::Tensor& x_in,
                           const at::Tensor& score_in) {
   TORCH_CHECK_VALUE(x_in.dim() >= 1, "x must have a leading particle dimension");
@@ -658,36 +681,15 @@ at::Tensor svgd_apply_cpu(const at::Tensor& K_in, const at::Tensor& h_in, const 
     }
     cr[i] = k.c * r;
   }
-#ifdef FB_SVGD_AVX2
-  if (X.scalar_type() == at::kFloat) {
-    if (const DirectApply fn = direct_apply(n)) {
-      std::vector<float> Kf(n * n), crf(n), KPt(KP.begin(), KP.end());
-      for (int64_t i = 0; i < n; ++i) {
-        crf[i] = static_cast<float>(cr[i]);
-        for (int64_t j = 0; j < n; ++j) Kf[i * n + j] = static_cast<float>(kd[i * n + j]);
-      }
-      const float* xp = X.const_data_ptr<float>();
-      const float* sp = S.const_data_ptr<float>();
-      float* op = out.mutable_data_ptr<float>();
-      const int64_t full = m / 16 * 16;
-      // column blocks of 4096: a fixed split, so the result does not depend on the thread count
-      at::parallel_for(0, (full + 4095) / 4096, 1, [&](int64_t lo, int64_t hi) {
-        fn(Kf.data(), crf.data(), static_cast<float>(k.inv_n), static_cast<float>(k.c), xp, sp, op, m, lo * 4096,
-           std::min(full, hi * 4096));
-      });
-      if (full < m) apply_cols_scalar<float>(KPt.data(), crf.data(), k, xp, sp, op, m, full, m);
-      return out;
-    }
-  }
-#endif
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "svgd_apply_cpu", [&] {
     const std::vector<scalar_t> KPt(KP.begin(), KP.end()), crt(cr.begin(), cr.end());
-    constexpr int64_t V = strip_width<scalar_t>();
-    const int64_t tile = std::max<int64_t>(V, kApplyTileBytes / (n * static_cast<int64_t>(sizeof(scalar_t))) / V * V);
-    const int64_t tiles = (m + tile - 1) / tile;
     const scalar_t* xp = X.const_data_ptr<scalar_t>();
     const scalar_t* sp = S.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    if (apply_direct<scalar_t>(kd, KPt.data(), crt.data(), k, xp, sp, op, m)) return;
+    constexpr int64_t V = strip_width<scalar_t>();
+    const int64_t tile = std::max<int64_t>(V, kApplyTileBytes / (n * static_cast<int64_t>(sizeof(scalar_t))) / V * V);
+    const int64_t tiles = (m + tile - 1) / tile;
     at::parallel_for(0, tiles, 1, [&](int64_t lo, int64_t hi) {
       std::vector<scalar_t> ybuf;
       for (int64_t t = lo; t < hi; ++t)
